@@ -1,0 +1,1 @@
+"""Deployment side: TorchScript export and the LAMMPS pair style plugin."""

@@ -1,0 +1,85 @@
+"""ASE calculator for a ForceField object, a training checkpoint or an exported TorchScript file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Union
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from forcefield.data.graph import atoms_to_graph
+
+
+class _EagerRunner:
+    """Calls a ForceField (eager) module on one graph."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.species: List[str] = list(model.species)
+        self.r_max = float(model.r_max)
+        self.dtype = model.shift.dtype
+
+    def __call__(self, pos, species, edge_index, shifts, want_virial: bool) -> Dict[str, torch.Tensor]:
+        batch = torch.zeros(pos.shape[0], dtype=torch.long)
+        out = self.model(pos, species, edge_index, shifts, batch, 1, compute_virial=want_virial)
+        res = {"energy": out["energy"][0], "node_energy": out["node_energy"], "forces": out["forces"]}
+        if want_virial:
+            res["virial"] = out["virial"][0]
+        return res
+
+
+class _ExportedRunner:
+    """Calls an exported TorchScript module: forward(pos, species, edge_index, shifts, n_local)."""
+
+    def __init__(self, module, metadata: dict):
+        self.module = module
+        self.species = list(metadata["species"])
+        self.r_max = float(metadata["r_max"])
+        self.dtype = {"float32": torch.float32, "float64": torch.float64}[metadata["dtype"]]
+
+    def __call__(self, pos, species, edge_index, shifts, want_virial: bool) -> Dict[str, torch.Tensor]:
+        energy, node_energy, forces, v = self.module(pos, species, edge_index, shifts, pos.shape[0])
+        virial = torch.stack([torch.stack([v[0], v[3], v[4]]), torch.stack([v[3], v[1], v[5]]),
+                              torch.stack([v[4], v[5], v[2]])])
+        return {"energy": energy, "node_energy": node_energy, "forces": forces, "virial": virial}
+
+
+def make_runner(model: Union[torch.nn.Module, str, Path]):
+    if isinstance(model, torch.nn.Module):
+        return _EagerRunner(model)
+    path = Path(model)
+    from forcefield.export.torchscript import is_exported_file, load_exported
+    if is_exported_file(path):
+        return _ExportedRunner(*load_exported(path))
+    from forcefield.model.serialization import model_from_checkpoint
+    return _EagerRunner(model_from_checkpoint(path))
+
+
+class ForceFieldCalculator(Calculator):
+    """energy, free_energy, forces, energies (per atom) and, for periodic cells, stress."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress"]
+
+    def __init__(self, model: Union[torch.nn.Module, str, Path], **kwargs):
+        super().__init__(**kwargs)
+        self.runner = make_runner(model)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        r = self.runner
+        g = atoms_to_graph(self.atoms, r.species, r.r_max)
+        t = lambda a, dt=r.dtype: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
+        periodic = bool(self.atoms.pbc.all())
+        out = r(t(g.positions), t(g.species, torch.long), t(g.edge_index, torch.long), t(g.shifts), periodic)
+        energy = float(out["energy"].detach())
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "forces": out["forces"].detach().double().numpy().copy(),
+            "energies": out["node_energy"].detach().double().numpy().copy(),
+        }
+        if periodic:
+            virial = out["virial"].detach().double().numpy()
+            stress = -virial / self.atoms.get_volume()
+            self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]].copy()

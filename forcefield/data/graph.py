@@ -1,0 +1,118 @@
+"""Atoms -> graph (full neighbour list with periodic shifts) and batching.
+
+Edges are directed pairs (i, j), i the centre, with r_ij = x_j - x_i + S_ij @ cell and
+|r_ij| < r_max; both directions are present. vesin computes the list (cells smaller than
+twice the cutoff and triclinic cells give every periodic image); a structure without a
+cell or periodicity is treated as a molecule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from ase.data import chemical_symbols
+from vesin import NeighborList
+
+from forcefield.errors import InputError
+
+
+@dataclass
+class Graph:
+    """One structure as arrays (numpy, float64); labels optional."""
+    species: np.ndarray          # (N,) index into the model's species
+    positions: np.ndarray        # (N,3)
+    cell: np.ndarray             # (3,3)
+    pbc: np.ndarray              # (3,) bool
+    edge_index: np.ndarray       # (2,E) int64
+    shifts: np.ndarray           # (E,3) Cartesian shift vectors
+    energy: Optional[float] = None
+    forces: Optional[np.ndarray] = None
+    stress: Optional[np.ndarray] = None   # (3,3) eV/Å^3, ASE convention
+
+    @property
+    def num_atoms(self) -> int:
+        return int(self.species.shape[0])
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.cell))) if self.pbc.all() else 0.0
+
+
+def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float):
+    """(edge_index (2,E), shifts (E,3) Cartesian) for all pairs closer than r_max."""
+    positions = np.ascontiguousarray(positions, dtype=np.float64)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if len(positions) == 0:
+        return np.zeros((2, 0), np.int64), np.zeros((0, 3))
+    if not pbc.any():
+        cell = np.zeros((3, 3))
+    cell = np.ascontiguousarray(cell, dtype=np.float64)
+    nl = NeighborList(cutoff=float(r_max), full_list=True)
+    i, j, s, d = nl.compute(points=positions, box=cell, periodic=pbc.tolist() if pbc.any() else False,
+                            quantities="ijSd")
+    keep = d < r_max
+    i, j, s = i[keep], j[keep], s[keep]
+    edge_index = np.stack([i, j]).astype(np.int64)
+    shifts = s.astype(np.float64) @ cell
+    return edge_index, shifts
+
+
+def species_indices(numbers: Sequence[int], species: Sequence[str], where: str = "structure") -> np.ndarray:
+    table = {chemical_symbols[z] if isinstance(z, (int, np.integer)) else z: k for k, z in enumerate(species)}
+    out = np.empty(len(numbers), dtype=np.int64)
+    for a, z in enumerate(numbers):
+        sym = chemical_symbols[int(z)]
+        if sym not in table:
+            raise InputError(f"{where}: atom {a} is element '{sym}', which is not in the model's species {list(species)}")
+        out[a] = table[sym]
+    return out
+
+
+def atoms_to_graph(atoms, species: Sequence[str], r_max: float, where: str = "structure") -> Graph:
+    """Graph of an ase.Atoms (no labels)."""
+    return build_graph(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, species, r_max, where)
+
+
+def build_graph(numbers, positions, cell, pbc, species: Sequence[str], r_max: float,
+                where: str = "structure", energy=None, forces=None, stress=None) -> Graph:
+    positions = np.asarray(positions, dtype=np.float64)
+    bad = ~np.isfinite(positions).all(axis=1)
+    if bad.any():
+        raise InputError(f"{where}: atom {int(np.argmax(bad))} has a non-finite position")
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if pbc.all() and abs(np.linalg.det(cell)) < 1e-12:
+        raise InputError(f"{where}: periodic structure with a singular cell")
+    idx = species_indices(numbers, species, where)
+    edge_index, shifts = neighbour_list(positions, cell, pbc, r_max)
+    return Graph(idx, positions, cell, pbc, edge_index, shifts, energy,
+                 None if forces is None else np.asarray(forces, dtype=np.float64),
+                 None if stress is None else np.asarray(stress, dtype=np.float64).reshape(3, 3))
+
+
+def collate(graphs: List[Graph], dtype: torch.dtype = torch.float64,
+            device: torch.device | str = "cpu") -> Dict[str, torch.Tensor]:
+    """Concatenate graphs into one batch (edge indices offset, `batch` maps atom -> graph)."""
+    offsets = np.cumsum([0] + [g.num_atoms for g in graphs])
+    n_graphs = len(graphs)
+    t = lambda a, dt=dtype: torch.as_tensor(np.asarray(a), dtype=dt, device=device)  # noqa: E731
+    out: Dict[str, torch.Tensor] = {
+        "pos": t(np.concatenate([g.positions for g in graphs])),
+        "species": t(np.concatenate([g.species for g in graphs]), torch.long),
+        "edge_index": t(np.concatenate([g.edge_index + o for g, o in zip(graphs, offsets)], axis=1), torch.long),
+        "shifts": t(np.concatenate([g.shifts for g in graphs])),
+        "batch": t(np.repeat(np.arange(n_graphs), [g.num_atoms for g in graphs]), torch.long),
+        "num_atoms": t([g.num_atoms for g in graphs], torch.long),
+        "volume": t([g.volume for g in graphs]),
+    }
+    if all(g.energy is not None for g in graphs):
+        out["energy"] = t([g.energy for g in graphs])
+    if all(g.forces is not None for g in graphs):
+        out["forces"] = t(np.concatenate([g.forces for g in graphs]))
+    if any(g.stress is not None for g in graphs):
+        out["stress"] = t(np.stack([np.zeros((3, 3)) if g.stress is None else g.stress for g in graphs]))
+        out["stress_mask"] = t([g.stress is not None for g in graphs], torch.bool)
+    out["num_graphs"] = torch.tensor(n_graphs)
+    return out

@@ -1,0 +1,89 @@
+"""The `model` section of the config, with its defaults (DESIGN.md §5.2)."""
+from __future__ import annotations
+
+from typing import Dict, List, Literal, Optional
+
+from ase.data import atomic_numbers
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class SwitchConfig(BaseModel):
+    """Smooth-min isolation switch (DESIGN.md §3).
+
+    Defaults: tau = 0.1 Å, r_on = 0.6 r_max, r_off = 0.9 r_max. With them s_i = 1
+    exactly for any atom whose nearest neighbour is closer than about 0.55 r_max
+    (2.75 Å at r_max = 5 Å): every atom of a molecule, a liquid or a bulk solid.
+    The energy fades to E0 only when the nearest neighbour is beyond ~0.6 r_max
+    and is exactly E0 from ~0.9 r_max on, well before the neighbour leaves.
+    """
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    tau: float = Field(0.1, gt=0, description="softness of the minimum, Å")
+    r_on: Optional[float] = Field(None, description="d_i below which s_i = 1 (Å); default 0.6 r_max")
+    r_off: Optional[float] = Field(None, description="d_i above which s_i = 0 (Å); default 0.9 r_max")
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    species: List[str] = Field(..., min_length=1, description="element symbols, in model order")
+    r_max: float = Field(5.0, gt=0, description="cutoff radius, Å")
+    num_layers: int = Field(2, ge=1)
+    channels: int = Field(32, ge=1, description="multiplicity of every irrep in the hidden features")
+    lmax: int = Field(2, ge=0, le=4)
+    num_basis: int = Field(8, ge=1, description="Bessel radial basis functions")
+    radial_hidden: int = Field(64, ge=1, description="width of the radial MLP")
+    dtype: Literal["float32", "float64"] = "float32"
+    e0: Optional[Dict[str, float]] = Field(None, description="isolated-atom energies, eV")
+    shift: Optional[Dict[str, float]] = Field(None, description="per-species energy shift mu_Z, eV (fitted from data by training)")
+    scale: float = Field(1.0, gt=0, description="energy scale sigma, eV (force RMS from data by training)")
+    avg_num_neighbors: float = Field(10.0, gt=0, description="message normalisation (from data by training)")
+    switch: SwitchConfig = Field(default_factory=SwitchConfig)
+
+    @field_validator("species")
+    @classmethod
+    def _known_elements(cls, v: List[str]) -> List[str]:
+        for s in v:
+            if s not in atomic_numbers or s == "X":
+                raise ValueError(f"model.species: unknown element '{s}'")
+        if len(set(v)) != len(v):
+            raise ValueError(f"model.species: duplicate element in {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_maps(self) -> "ModelConfig":
+        for key in ("e0", "shift"):
+            table = getattr(self, key) or {}
+            for s in table:
+                if s not in self.species:
+                    raise ValueError(f"model.{key}: element '{s}' is not in model.species {self.species}")
+        sw = self.switch
+        r_on = sw.r_on if sw.r_on is not None else 0.6 * self.r_max
+        r_off = sw.r_off if sw.r_off is not None else 0.9 * self.r_max
+        if not r_off > r_on:
+            raise ValueError(f"model.switch: r_off ({r_off}) must be larger than r_on ({r_on})")
+        if r_off > self.r_max:
+            raise ValueError(f"model.switch.r_off ({r_off}) must not exceed model.r_max ({self.r_max})")
+        sw.r_on, sw.r_off = r_on, r_off
+        return self
+
+
+def parse_model_config(cfg: dict | ModelConfig) -> ModelConfig:
+    """Validate a `model` section; pydantic errors become one-line ValueErrors naming the key."""
+    if isinstance(cfg, ModelConfig):
+        return cfg
+    from pydantic import ValidationError
+    try:
+        return ModelConfig.model_validate(cfg)
+    except ValidationError as exc:
+        raise ValueError(format_validation_error(exc, prefix="model")) from None
+
+
+def format_validation_error(exc, prefix: str = "") -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in ((prefix,) if prefix else ()) + tuple(err["loc"]))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (misspelt?)"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    return f"{loc}: {msg}" if loc else msg

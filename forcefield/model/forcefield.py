@@ -1,0 +1,174 @@
+"""The energy model: species embedding -> interactions -> e_i -> switch -> E_i; F = -dE/dr.
+
+Per-atom energy (DESIGN.md §3):  E_i = s_i (sigma e_i + mu_Z) + (1 - s_i) E0_Z.
+
+All geometry enters through edge vectors r_ij = pos[j] - pos[i] + shift_ij, so forces
+and the virial come from one gradient dE/dr_ij:
+    F_i = sum_(i->j) g_ij - sum_(j->i) g_ji,   W = -sum_ij r_ij (x) g_ij,   stress = -W / V.
+The same `forward` serves training (create_graph=True), the ASE calculator, the
+TorchScript export and LAMMPS (n_local: only the first n_local atoms carry energy, the
+others are ghost atoms whose forces LAMMPS folds back).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from forcefield.model.config import ModelConfig, parse_model_config
+from forcefield.model.interaction import Interaction
+from forcefield.model.radial import BesselBasis, PolynomialEnvelope, edge_lengths
+from forcefield.model.switch import IsolationSwitch
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def hidden_irreps(channels: int, lmax: int) -> o3.Irreps:
+    """channels x (0e + 1o + 2e + ...): the 'natural parity' irreps up to lmax."""
+    return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(lmax + 1)])
+
+
+class ForceField(nn.Module):
+    __jit_unused_properties__ = ["dtype"]
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        cfg = config
+        self.species: List[str] = list(cfg.species)
+        self.r_max = float(cfg.r_max)
+        self.num_layers = int(cfg.num_layers)
+        n_species = len(cfg.species)
+
+        self.irreps_sh = o3.Irreps.spherical_harmonics(cfg.lmax)
+        self.irreps_hidden = hidden_irreps(cfg.channels, cfg.lmax)
+        irreps_scalar = o3.Irreps(f"{cfg.channels}x0e")
+
+        self.embedding = nn.Embedding(n_species, cfg.channels)
+        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=False,
+                                                         normalization="component")
+        self.radial_basis = BesselBasis(cfg.r_max, cfg.num_basis)
+        self.envelope = PolynomialEnvelope(cfg.r_max)
+        layers = []
+        irreps = irreps_scalar
+        for k in range(cfg.num_layers):
+            out = irreps_scalar if k == cfg.num_layers - 1 else self.irreps_hidden
+            layers.append(Interaction(irreps, out, self.irreps_sh, cfg.num_basis,
+                                      cfg.radial_hidden, cfg.avg_num_neighbors))
+            irreps = out
+        self.layers = nn.ModuleList(layers)
+        # irreps of the node features entering the last block (what the DeNS parts read/write)
+        self.irreps_penultimate = layers[-1].irreps_in
+        self.readout = nn.Sequential(nn.Linear(cfg.channels, 16), nn.SiLU(), nn.Linear(16, 1))
+
+        e0 = cfg.e0 or {}
+        shift = cfg.shift or {}
+        mu = [float(shift.get(s, e0.get(s, 0.0))) for s in cfg.species]
+        self.register_buffer("shift", torch.tensor(mu, dtype=torch.float64))
+        self.register_buffer("e0", torch.tensor([float(e0.get(s, mu[i])) for i, s in enumerate(cfg.species)],
+                                                dtype=torch.float64))
+        self.register_buffer("scale", torch.tensor(float(cfg.scale), dtype=torch.float64))
+        sw = cfg.switch
+        self.switch = IsolationSwitch(sw.tau, sw.r_on, sw.r_off, sw.enabled)
+        self.to(_DTYPES[cfg.dtype])
+        self._config = cfg
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: dict | ModelConfig) -> "ForceField":
+        """Build an untrained model from the `model` config section (missing keys: defaults)."""
+        return cls(parse_model_config(config))
+
+    @torch.jit.unused
+    def model_config(self) -> ModelConfig:
+        """The config that rebuilds this architecture (checkpoints store it with the weights)."""
+        cfg = self._config.model_copy(deep=True)
+        cfg.shift = {s: float(v) for s, v in zip(self.species, self.shift.tolist())}
+        cfg.e0 = {s: float(v) for s, v in zip(self.species, self.e0.tolist())}
+        cfg.scale = float(self.scale)
+        return cfg
+
+    @torch.jit.unused
+    def set_statistics(self, shift: Dict[str, float], scale: float, e0: Optional[Dict[str, float]] = None,
+                       avg_num_neighbors: Optional[float] = None) -> None:
+        """Per-species shift mu_Z, scale sigma, E0 (default: mu) and neighbour normalisation."""
+        e0 = dict(e0 or {})
+        with torch.no_grad():
+            self.shift.copy_(torch.tensor([shift.get(s, 0.0) for s in self.species]))
+            self.e0.copy_(torch.tensor([e0.get(s, shift.get(s, 0.0)) for s in self.species]))
+            self.scale.fill_(float(scale))
+        if avg_num_neighbors is not None:
+            for layer in self.layers:
+                layer.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
+            self._config.avg_num_neighbors = float(avg_num_neighbors)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.shift.dtype
+
+    # ------------------------------------------------------------------ physics
+    def node_energies(self, edge_vec: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
+                      dens_features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Per-atom energies E_i (eV) and the intermediate features (for the DeNS head)."""
+        num_nodes = species.shape[0]
+        r = edge_lengths(edge_vec)
+        u = self.envelope(r)
+        edge_sh = self.spherical_harmonics(edge_vec / r.unsqueeze(-1))
+        edge_radial = self.radial_basis(r) * u.unsqueeze(-1)
+
+        h = self.embedding(species)
+        penultimate = h
+        n_layers = len(self.layers)
+        for k, layer in enumerate(self.layers):
+            if k == n_layers - 1:
+                if dens_features is not None:
+                    h = h + dens_features
+                penultimate = h
+            h = layer(h, edge_sh, edge_radial, edge_index)
+        e = self.readout(h).squeeze(-1)
+
+        s = self.switch(r, u, edge_index[0], num_nodes)
+        mu = self.shift[species]
+        node_energy = s * (self.scale * e + mu) + (1.0 - s) * self.e0[species]
+        return {"node_energy": node_energy, "switch": s, "penultimate": penultimate,
+                "edge_sh": edge_sh, "edge_radial": edge_radial}
+
+    def forward(self, pos: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
+                shifts: torch.Tensor, batch: torch.Tensor, num_graphs: int, n_local: int = -1,
+                compute_forces: bool = True, compute_virial: bool = False, create_graph: bool = False,
+                dens_features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Energies per graph, per-atom energies, forces (N,3) and virial (num_graphs,3,3).
+
+        pos (N,3); species (N,) index into self.species; edge_index (2,E) full list,
+        row 0 the centre atom; shifts (E,3) Cartesian periodic shifts; batch (N,) graph index.
+        n_local >= 0: only atoms [0, n_local) contribute energy (LAMMPS ghosts follow them).
+        """
+        edge_vec = pos[edge_index[1]] - pos[edge_index[0]] + shifts
+        need_grad = compute_forces or compute_virial
+        if need_grad and not edge_vec.requires_grad:
+            edge_vec.requires_grad_(True)
+        out = self.node_energies(edge_vec, species, edge_index, dens_features)
+        node_energy = out["node_energy"]
+        n_energy = node_energy.shape[0] if n_local < 0 else n_local
+        counted = node_energy[:n_energy]
+        energy = torch.zeros(num_graphs, dtype=node_energy.dtype, device=node_energy.device)
+        energy = energy.index_add(0, batch[:n_energy], counted)
+        out["energy"] = energy
+
+        if need_grad:
+            grads = torch.autograd.grad([counted.sum()], [edge_vec], create_graph=create_graph,
+                                        allow_unused=True)
+            g = grads[0]
+            if g is None:
+                g = torch.zeros_like(edge_vec)
+            if compute_forces:
+                forces = torch.zeros_like(pos)
+                forces = forces.index_add(0, edge_index[0], g).index_add(0, edge_index[1], -g)
+                out["forces"] = forces
+            if compute_virial:
+                w = -(edge_vec.unsqueeze(-1) * g.unsqueeze(-2))
+                virial = torch.zeros((num_graphs, 3, 3), dtype=pos.dtype, device=pos.device)
+                virial = virial.index_add(0, batch[edge_index[0]], w)
+                out["virial"] = 0.5 * (virial + virial.transpose(1, 2))
+        return out

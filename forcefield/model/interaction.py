@@ -1,0 +1,76 @@
+"""One equivariant message-passing block.
+
+    m_i  = 1/avg_nn * sum_j TP_uvu( W_up h_j , Y(r_ij) ; R(|r_ij|) )        (e3nn tensor product,
+                                                                          weights from a radial MLP)
+    h_i' = act( W_down m_i + W_self h_i )                                   (residual self-interaction)
+
+Only tensor-product paths that land in the requested output irreps are built, so the last
+block of the energy model (scalar output) costs one contraction per `l`, and a block fed
+with scalars only is a plain outer product. `act` is a gate for mixed outputs, SiLU for
+scalar-only outputs and the identity for outputs without scalars (the DeNS noise head).
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from e3nn import nn as e3nn_nn
+from e3nn import o3
+from torch import nn
+
+
+def _tp_paths(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irreps
+              ) -> Tuple[o3.Irreps, List[tuple]]:
+    wanted = {ir for _, ir in irreps_target}
+    mid: List[Tuple[int, o3.Irrep]] = []
+    instructions = []
+    for i_in, (mul, ir_in) in enumerate(irreps_in):
+        for i_sh, (_, ir_sh) in enumerate(irreps_sh):
+            for ir_out in ir_in * ir_sh:
+                if ir_out in wanted:
+                    instructions.append((i_in, i_sh, len(mid), "uvu", True))
+                    mid.append((mul, ir_out))
+    irreps_mid = o3.Irreps(mid)
+    irreps_sorted, perm, _ = irreps_mid.sort()
+    instructions = [(a, b, perm[k], mode, train) for a, b, k, mode, train in instructions]
+    return irreps_sorted, instructions
+
+
+class Interaction(nn.Module):
+    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, irreps_sh: o3.Irreps,
+                 num_basis: int, radial_hidden: int, avg_num_neighbors: float):
+        super().__init__()
+        irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+        self.irreps_in, self.irreps_out = irreps_in, irreps_out
+        self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
+
+        self.linear_up = o3.Linear(irreps_in, irreps_in)
+        irreps_mid, instructions = _tp_paths(irreps_in, o3.Irreps(irreps_sh), irreps_out)
+        self.tp = o3.TensorProduct(irreps_in, irreps_sh, irreps_mid, instructions,
+                                   shared_weights=False, internal_weights=False)
+        self.radial = e3nn_nn.FullyConnectedNet(
+            [num_basis, radial_hidden, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu)
+
+        scalars = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l == 0])
+        gated = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l > 0])
+        if len(scalars) > 0 and len(gated) > 0:
+            gates = o3.Irreps(f"{gated.num_irreps}x0e")
+            self.act = e3nn_nn.Gate(scalars, [torch.nn.functional.silu], gates, [torch.sigmoid], gated)
+            irreps_pre = self.act.irreps_in
+        elif len(gated) == 0:
+            self.act = e3nn_nn.Activation(scalars, [torch.nn.functional.silu])
+            irreps_pre = scalars
+        else:
+            self.act = nn.Identity()
+            irreps_pre = gated
+        self.linear_down = o3.Linear(irreps_mid.simplify(), irreps_pre)
+        self.self_connection = o3.Linear(irreps_in, irreps_pre)
+
+    def forward(self, h: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
+                edge_index: torch.Tensor) -> torch.Tensor:
+        center, neighbour = edge_index[0], edge_index[1]
+        weights = self.radial(edge_radial)
+        messages = self.tp(self.linear_up(h)[neighbour], edge_sh, weights)
+        agg = torch.zeros((h.shape[0], messages.shape[1]), dtype=messages.dtype, device=messages.device)
+        agg = agg.index_add(0, center, messages) * self.inv_avg_num_neighbors
+        return self.act(self.linear_down(agg) + self.self_connection(h))
