@@ -1,0 +1,103 @@
+"""Isolated-atom extraction (E0) and the deterministic train/validation split."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from forcefield.errors import InputError
+
+__all__ = ["is_isolated_atom", "extract_e0", "train_valid_split"]
+
+
+
+def _normalise_type(config_type: str) -> str:
+    return "".join(ch for ch in str(config_type).lower() if ch.isalnum())
+
+
+def is_isolated_atom(frame) -> bool:
+    """True if ``frame`` is an isolated atom.
+
+    Either its config_type names it one (``isolated_atom``, ``IsolatedAtom``, any case,
+    with or without ``_``/``-``/space) or it holds a single atom with no periodicity.
+    """
+    if _normalise_type(getattr(frame, "config_type", "")) == "isolatedatom":
+        return True
+    return len(frame.numbers) == 1 and not bool(np.any(frame.pbc))
+
+
+def _where(frame, position: int) -> str:
+    from forcefield.data.frames import frame_location
+
+    return frame_location(frame, position)
+
+
+def extract_e0(frames: Sequence, atol: float = 1e-6) -> tuple[list, dict[str, float]]:
+    """Split isolated-atom frames off ``frames``.
+
+    Returns ``(remaining_frames, e0)`` where ``e0`` maps element symbol to the energy of
+    its isolated atom (eV). InputError if an isolated-atom frame has no energy, more than
+    one atom, or the same element appears twice with energies differing by more than
+    ``atol`` eV.
+    """
+    from ase.data import chemical_symbols
+
+    remaining = []
+    e0: dict[str, float] = {}
+    first_seen: dict[str, str] = {}
+    for pos, frame in enumerate(frames):
+        if not is_isolated_atom(frame):
+            remaining.append(frame)
+            continue
+        where = _where(frame, pos)
+        if len(frame.numbers) != 1:
+            raise InputError(
+                f"{where}: config_type '{frame.config_type}' marks an isolated atom "
+                f"but the structure has {len(frame.numbers)} atoms"
+            )
+        if frame.energy is None:
+            raise InputError(f"{where}: isolated atom has no energy, so its E0 is unknown")
+        symbol = chemical_symbols[int(frame.numbers[0])]
+        energy = float(frame.energy)
+        if symbol in e0:
+            if abs(e0[symbol] - energy) > atol:
+                raise InputError(
+                    f"{where}: isolated {symbol} atom has energy {energy!r} eV but "
+                    f"{first_seen[symbol]} gives {e0[symbol]!r} eV"
+                )
+            continue
+        e0[symbol] = energy
+        first_seen[symbol] = where
+    return remaining, e0
+
+
+def train_valid_split(frames: Sequence, valid_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic random split of ``frames`` into (train, valid).
+
+    Uses ``numpy.random.default_rng(seed)``. The validation set holds
+    ``round(valid_fraction * n)`` frames, at least 1 when ``valid_fraction > 0`` and
+    ``n >= 2``, and never all of them. Both parts keep the original frame order.
+    """
+    frames = list(frames)
+    try:
+        fraction = float(valid_fraction)
+    except (TypeError, ValueError):
+        raise InputError(f"data.valid: expected a fraction in [0, 1), got {valid_fraction!r}") from None
+    if not (0.0 <= fraction < 1.0) or not np.isfinite(fraction):
+        raise InputError(f"data.valid: fraction must be in [0, 1), got {valid_fraction!r}")
+    n = len(frames)
+    n_valid = int(round(fraction * n))
+    if fraction > 0 and n >= 2:
+        n_valid = max(n_valid, 1)
+    n_valid = min(n_valid, max(n - 1, 0))
+    if n_valid == 0:
+        return frames, []
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    valid_idx = np.sort(perm[:n_valid])
+    mask = np.zeros(n, dtype=bool)
+    mask[valid_idx] = True
+    train = [f for f, m in zip(frames, mask) if not m]
+    valid = [f for f, m in zip(frames, mask) if m]
+    return train, valid
