@@ -58,7 +58,12 @@ class ForceField(nn.Module):
                                       cfg.radial_hidden, cfg.avg_num_neighbors))
             irreps = out
         self.layers = nn.ModuleList(layers)
-        # irreps of the node features entering the last block (what the DeNS parts read/write)
+        # DeNS (training only, modules outside this class): the force encoding is added to the
+        # first node features that carry l > 0 (entering block 2; block 1 reads scalars only, so
+        # the deployed model has no unused inputs), and the noise head reads the features
+        # entering the last block, as the energy's last block does.
+        self.dens_layer = min(1, cfg.num_layers - 1)
+        self.irreps_dens = layers[self.dens_layer].irreps_in
         self.irreps_penultimate = layers[-1].irreps_in
         self.readout = nn.Sequential(nn.Linear(cfg.channels, 16), nn.SiLU(), nn.Linear(16, 1))
 
@@ -121,9 +126,9 @@ class ForceField(nn.Module):
         penultimate = h
         n_layers = len(self.layers)
         for k, layer in enumerate(self.layers):
+            if k == self.dens_layer and dens_features is not None:
+                h = h + dens_features
             if k == n_layers - 1:
-                if dens_features is not None:
-                    h = h + dens_features
                 penultimate = h
             h = layer(h, edge_sh, edge_radial, edge_index)
         e = self.readout(h).squeeze(-1)

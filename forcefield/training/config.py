@@ -1,0 +1,172 @@
+"""The training config file (YAML): data, model, dens and training sections (DESIGN.md §5.2).
+
+Every section forbids unknown keys, so a misspelt key is an error that names it.
+`TEMPLATE` is the commented default config printed by `forcefield template`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Literal, Optional, Tuple, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from forcefield.errors import InputError
+from forcefield.model.config import ModelConfig, format_validation_error
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    train: str = Field(..., description="training structures (extxyz or anything ase.io reads)")
+    valid: Union[float, str] = Field(0.1, description="a file, or the fraction of train held out")
+    test: Optional[str] = None
+    isolated_atoms: Optional[str] = Field(None, description="file with isolated-atom energies (E0)")
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    stress_key: str = "stress"
+
+
+class DensConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    prob: float = Field(0.25, ge=0, le=1, description="fraction of structures that become DeNS samples")
+    corrupt_ratio: float = Field(0.25, gt=0, le=1, description="fraction of atoms displaced in a DeNS sample")
+    std: float = Field(0.05, gt=0, description="noise std, Å")
+    std_range: Optional[Tuple[float, float]] = Field(
+        None, description="if set, per-structure std drawn log-uniformly in [lo, hi] Å")
+    coefficient: float = Field(5.0, ge=0, description="weight of the denoising loss")
+    energy_loss: bool = True
+    uncorrupted_force_loss: bool = True
+    decay: bool = Field(True, description="linear decay of the coefficient to 0 over training")
+
+
+class TrainingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_epochs: int = Field(100, ge=1)
+    max_time: Optional[float] = Field(None, gt=0, description="wall-time budget in seconds")
+    batch_size: int = Field(5, ge=1)
+    lr: float = Field(5e-3, gt=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["plateau", "cosine", "none"] = "plateau"
+    plateau_patience: int = Field(10, ge=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    ema_decay: Optional[float] = Field(0.99, ge=0, lt=1, description="null disables EMA")
+    grad_clip: Optional[float] = Field(10.0, gt=0)
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    energy_weight: float = Field(1.0, ge=0)
+    forces_weight: float = Field(10.0, ge=0)
+    stress_weight: float = Field(1.0, ge=0)
+    num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data: DataConfig
+    model: ModelConfig
+    dens: DensConfig = Field(default_factory=DensConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        if isinstance(self.data.valid, float) and not 0.0 < self.data.valid < 1.0:
+            raise ValueError("data.valid: a fraction must lie strictly between 0 and 1")
+        return self
+
+
+def load_config(source: Union[str, Path, dict], base_dir: Optional[Path] = None) -> Config:
+    """Parse a YAML file (or a dict). Relative data paths resolve against the file's folder."""
+    where = "config"
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        where = str(path)
+        if not path.is_file():
+            raise InputError(f"{path}: no such config file")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        base_dir = base_dir or path.parent
+        if not isinstance(raw, dict):
+            raise InputError(f"{path}: expected a mapping with sections data, model, dens, training")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(f"{where}: {format_validation_error(exc)}") from None
+    if base_dir is not None:
+        d = cfg.data
+        for key in ("train", "valid", "test", "isolated_atoms"):
+            value = getattr(d, key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                setattr(d, key, str((Path(base_dir) / value).resolve()))
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+TEMPLATE = """\
+# forcefield training config. Print with `forcefield template`; train with
+# `forcefield train this.yaml --output run/`. Unknown keys are errors.
+data:
+  train: train.xyz            # extxyz or anything ase.io reads
+  valid: 0.1                  # a file, or the fraction of train held out (seeded)
+  test: null                  # optional file, evaluated at the end
+  isolated_atoms: null        # optional file of single atoms (config_type=isolated_atom): E0
+  energy_key: energy          # looked up in atoms.info / arrays or the attached calculator
+  forces_key: forces
+  stress_key: stress          # eV/Å^3, ASE sign convention
+
+model:
+  species: [Cu, Au]           # element symbols, in model order
+  r_max: 5.0                  # cutoff, Å
+  num_layers: 2               # interaction blocks (LAMMPS ghost shell = num_layers * r_max)
+  channels: 32                # multiplicity of each irrep
+  lmax: 2                     # highest l of the hidden features and spherical harmonics
+  num_basis: 8                # Bessel radial functions
+  radial_hidden: 64           # width of the radial MLP
+  dtype: float32              # float32 or float64 (whole model)
+  e0: null                    # {symbol: eV} isolated-atom energies; else from data, else = shift
+  shift: null                 # {symbol: eV}; null = least-squares fit on the training set
+  scale: 1.0                  # replaced by the force RMS of the training set
+  avg_num_neighbors: 10.0     # replaced by the training-set average
+  switch:                     # smooth-min isolation switch: energy -> E0 for isolated atoms
+    enabled: true
+    tau: 0.1                  # softness of the minimum, Å
+    r_on: null                # s = 1 below this soft-min distance (default 0.6 r_max)
+    r_off: null               # s = 0 above it (default 0.9 r_max)
+
+dens:                         # denoising non-equilibrium structures (training only)
+  enabled: true
+  prob: 0.25                  # fraction of structures that become DeNS samples
+  corrupt_ratio: 0.25         # fraction of their atoms displaced
+  std: 0.05                   # Gaussian noise std, Å
+  std_range: null             # [lo, hi]: per-structure std drawn log-uniformly instead
+  coefficient: 5.0            # weight of the noise-prediction loss
+  energy_loss: true           # energy loss of DeNS samples against the original energy
+  uncorrupted_force_loss: true  # force loss on their undisplaced atoms
+  decay: true                 # coefficient decays linearly to 0 over training
+
+training:
+  max_epochs: 100
+  max_time: null              # wall-time budget, seconds
+  batch_size: 5
+  lr: 0.005
+  optimizer: adam             # adam | adamw
+  weight_decay: 0.0
+  scheduler: plateau          # plateau | cosine | none
+  plateau_patience: 10
+  plateau_factor: 0.5
+  ema_decay: 0.99             # exponential moving average of weights; null = off
+  grad_clip: 10.0
+  seed: 0
+  device: auto                # cpu | cuda | auto
+  energy_weight: 1.0          # loss weights (energies per atom, forces, stress; in units of the scale)
+  forces_weight: 10.0
+  stress_weight: 1.0
+  num_threads: null
+"""

@@ -1,0 +1,60 @@
+"""Loss of one batch: energy per atom, forces, stress (all in units of the energy scale
+sigma, so the weights are dimensionless) and, on DeNS samples, the noise-prediction loss."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+
+def _masked_mse(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of err^2 over the rows selected by mask (0 when none is)."""
+    if err.dim() > 1:
+        err = err.reshape(err.shape[0], -1)
+        sq = (err * err).mean(dim=1)
+    else:
+        sq = err * err
+    m = mask.to(sq.dtype)
+    return (sq * m).sum() / m.sum().clamp(min=1.0)
+
+
+def batch_loss(model: nn.Module, batch: Dict[str, torch.Tensor], weights: Dict[str, float],
+               encoder: Optional[nn.Module] = None, head: Optional[nn.Module] = None,
+               dens_coefficient: float = 0.0, create_graph: bool = True
+               ) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, torch.Tensor]]:
+    """(total loss, float parts, model outputs)."""
+    sigma = float(model.scale)
+    n_graphs = int(batch["num_graphs"])
+    want_stress = "stress" in batch and weights.get("stress", 0.0) > 0
+    dens_features = None
+    noise_mask = batch.get("noise_mask")
+    has_dens = encoder is not None and noise_mask is not None and bool(noise_mask.any())
+    if has_dens:
+        dens_features = encoder(batch["forces"] / sigma, noise_mask)
+    out = model(batch["pos"], batch["species"], batch["edge_index"], batch["shifts"], batch["batch"],
+                n_graphs, compute_forces=True, compute_virial=want_stress, create_graph=create_graph,
+                dens_features=dens_features)
+    n_atoms = batch["num_atoms"].to(out["energy"].dtype)
+    parts: Dict[str, torch.Tensor] = {}
+    total = torch.zeros((), dtype=out["energy"].dtype, device=out["energy"].device)
+    if "energy" in batch and weights.get("energy", 0.0) > 0:
+        err = (out["energy"] - batch["energy"]) / n_atoms / sigma
+        parts["energy"] = _masked_mse(err, batch.get("energy_mask", torch.ones_like(err, dtype=torch.bool)))
+        total = total + weights["energy"] * parts["energy"]
+    if "forces" in batch and weights.get("forces", 0.0) > 0:
+        err = (out["forces"] - batch["forces"]) / sigma
+        fmask = batch.get("force_mask", torch.ones(err.shape[0], dtype=torch.bool, device=err.device))
+        parts["forces"] = _masked_mse(err, fmask)
+        total = total + weights["forces"] * parts["forces"]
+    if want_stress:
+        volume = batch["volume"].clamp(min=1e-12)
+        pred = -out["virial"] / volume.view(-1, 1, 1)
+        err = (pred - batch["stress"]) * (volume / n_atoms).view(-1, 1, 1) / sigma
+        parts["stress"] = _masked_mse(err, batch["stress_mask"])
+        total = total + weights["stress"] * parts["stress"]
+    if has_dens and head is not None:
+        pred = head(out["penultimate"], out["edge_sh"], out["edge_radial"], batch["edge_index"], noise_mask)
+        parts["dens"] = _masked_mse(pred - batch["noise_target"], noise_mask)
+        total = total + dens_coefficient * parts["dens"]
+    return total, {k: float(v.detach()) for k, v in parts.items()}, out

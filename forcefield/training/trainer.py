@@ -1,0 +1,292 @@
+"""The training loop: Adam/AdamW, plateau or cosine schedule, EMA, gradient clipping,
+DeNS, per-epoch validation, metrics.csv, best/last checkpoints (atomic) and --resume.
+
+Determinism: all randomness of training (shuffling, DeNS selection and noise) comes from
+one numpy Generator seeded by training.seed; its state, torch's RNG state, the optimizer,
+scheduler and EMA are checkpointed, so a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from forcefield.model.forcefield import ForceField
+from forcefield.model.serialization import CHECKPOINT_FORMAT, read_checkpoint
+from forcefield.training.atomic_io import save_torch, write_text
+from forcefield.training.batches import frame_to_graph, make_batch
+from forcefield.training.config import Config, dump_config
+from forcefield.training.datasets import load_datasets, model_config_with_statistics, statistics
+from forcefield.training.dens import ForceEncoder, NoiseHead
+from forcefield.training.ema import EMA
+from forcefield.training.loss import batch_loss
+from forcefield.training.plots import learning_curve
+
+METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_energy_loss", "train_forces_loss", "train_stress_loss",
+                  "train_dens_loss", "dens_coefficient", "valid_loss", "valid_energy_mae", "valid_forces_mae",
+                  "valid_stress_mae", "time_s"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from forcefield.errors import InputError
+        raise InputError("training.device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False):
+        self.cfg = cfg
+        self.out = Path(output)
+        self.quiet = quiet
+        tr = cfg.training
+        if tr.num_threads:
+            torch.set_num_threads(tr.num_threads)
+        self.device = resolve_device(tr.device)
+        torch.manual_seed(tr.seed)
+        self.rng = np.random.default_rng(tr.seed)
+
+        resume_ckpt = None
+        if resume:
+            last = self.out / "last.ckpt"
+            if not last.is_file():
+                from forcefield.errors import InputError
+                raise InputError(f"{last}: nothing to resume from")
+            resume_ckpt = read_checkpoint(last)
+
+        self.data = load_datasets(cfg)
+        if resume_ckpt is not None:
+            model_cfg = resume_ckpt["model_config"]
+        else:
+            model_cfg = model_config_with_statistics(cfg, statistics(cfg, self.data))
+        self.model = ForceField.from_config(model_cfg).to(self.device)
+        self.dtype = self.model.dtype
+        mc = self.model.model_config()
+        species, r_max = mc.species, mc.r_max
+        self.train_graphs = [frame_to_graph(f, species, r_max) for f in self.data.train]
+        self.valid_graphs = [frame_to_graph(f, species, r_max) for f in self.data.valid]
+
+        self.encoder = self.head = None
+        params = list(self.model.parameters())
+        if cfg.dens.enabled:
+            self.encoder = ForceEncoder(mc.lmax, self.model.irreps_dens).to(self.device, self.dtype)
+            self.head = NoiseHead(self.model, mc.channels, mc.num_basis, mc.radial_hidden,
+                                  mc.avg_num_neighbors).to(self.device, self.dtype)
+            params += list(self.encoder.parameters()) + list(self.head.parameters())
+        opt_cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(params, lr=tr.lr, weight_decay=tr.weight_decay)
+        if tr.scheduler == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, factor=tr.plateau_factor, patience=tr.plateau_patience)
+        elif tr.scheduler == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=tr.max_epochs)
+        else:
+            self.scheduler = None
+        self.ema = EMA(self.model, tr.ema_decay) if tr.ema_decay else None
+        self.weights = {"energy": tr.energy_weight, "forces": tr.forces_weight, "stress": tr.stress_weight}
+        self.epoch = 0
+        self.best = math.inf
+        self.rows: List[Dict[str, float]] = []
+        self.elapsed = 0.0
+        if resume_ckpt is not None:
+            self._load_state(resume_ckpt)
+
+    # ------------------------------------------------------------------ state
+    def _eval_state(self) -> dict:
+        return self.ema.shadow if self.ema is not None else self.model.state_dict()
+
+    def _checkpoint(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT, "version": 1,
+            "model_config": self.model.model_config().model_dump(mode="json"),
+            "model_state": {k: v.detach().cpu() for k, v in self._eval_state().items()},
+            "raw_model_state": self.model.state_dict(),
+            "encoder_state": self.encoder.state_dict() if self.encoder is not None else None,
+            "head_state": self.head.state_dict() if self.head is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "epoch": self.epoch, "best": self.best, "rows": self.rows, "elapsed": self.elapsed,
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def _load_state(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["raw_model_state"])
+        if self.encoder is not None and ckpt.get("encoder_state") is not None:
+            self.encoder.load_state_dict(ckpt["encoder_state"])
+            self.head.load_state_dict(ckpt["head_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.rng.bit_generator.state = ckpt["numpy_rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.epoch, self.best, self.rows = ckpt["epoch"], ckpt["best"], list(ckpt["rows"])
+        self.elapsed = ckpt.get("elapsed", 0.0)
+
+    def _save(self, best: bool) -> None:
+        ckpt = self._checkpoint()
+        save_torch(ckpt, self.out / "last.ckpt")
+        if best:
+            save_torch(ckpt, self.out / "best.ckpt")
+
+    def _write_metrics(self) -> None:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in self.rows:
+            w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
+        write_text(buf.getvalue(), self.out / "metrics.csv")
+        try:
+            learning_curve(self.rows, self.out / "learning_curve.png")
+        except Exception as exc:  # noqa: BLE001 - a plot must never stop training
+            self._log(f"[yellow]learning curve not drawn: {exc}[/yellow]")
+
+    def _log(self, msg: str) -> None:
+        if not self.quiet:
+            from rich.console import Console
+            Console(stderr=True).print(msg)
+
+    # ------------------------------------------------------------------ loop
+    def dens_coefficient(self, progress: float) -> float:
+        d = self.cfg.dens
+        if not d.enabled:
+            return 0.0
+        return d.coefficient * (max(0.0, 1.0 - progress) if d.decay else 1.0)
+
+    def _progress(self, epoch_fraction: float) -> float:
+        tr = self.cfg.training
+        p = epoch_fraction / tr.max_epochs
+        if tr.max_time:
+            p = max(p, self.elapsed / tr.max_time)
+        return min(1.0, p)
+
+    def train_epoch(self, bar=None, task=None) -> Dict[str, float]:
+        tr = self.cfg.training
+        mc = self.model.model_config()
+        order = self.rng.permutation(len(self.train_graphs))
+        batches = [order[k:k + tr.batch_size] for k in range(0, len(order), tr.batch_size)]
+        sums: Dict[str, float] = {}
+        n = 0
+        self.model.train()
+        t_last = time.perf_counter()
+        coef = 0.0
+        for b, idx in enumerate(batches):
+            coef = self.dens_coefficient(self._progress(self.epoch + b / len(batches)))
+            batch = make_batch([self.train_graphs[i] for i in idx], mc.species, mc.r_max, self.dtype,
+                               self.device, self.rng, self.cfg.dens if self.cfg.dens.enabled else None)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, parts, _ = batch_loss(self.model, batch, self.weights, self.encoder, self.head, coef)
+            loss.backward()
+            if tr.grad_clip:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in self.optimizer.param_groups for p in g["params"]], tr.grad_clip)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            now = time.perf_counter()
+            self.elapsed += now - t_last
+            t_last = now
+            if bar is not None:
+                bar.update(task, advance=len(idx), description=f"epoch {self.epoch + 1} loss {sums['loss'] / n:.4g}")
+            if tr.max_time and self.elapsed >= tr.max_time:
+                break
+        out = {f"train_{k}_loss" if k != "loss" else "train_loss": v / max(n, 1) for k, v in sums.items()}
+        out["dens_coefficient"] = coef
+        return out
+
+    def validate(self, graphs=None) -> Dict[str, float]:
+        """Loss and MAEs (meV/atom, meV/Å, meV/Å^3) of the evaluated (EMA) weights."""
+        graphs = self.valid_graphs if graphs is None else graphs
+        mc = self.model.model_config()
+        raw = None
+        if self.ema is not None:
+            raw = {k: v.clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self.ema.shadow)
+        self.model.eval()
+        tot = {"loss": 0.0, "e": 0.0, "f": 0.0, "s": 0.0}
+        cnt = {"loss": 0, "e": 0, "f": 0, "s": 0}
+        bs = max(self.cfg.training.batch_size, 8)
+        try:
+            for k in range(0, len(graphs), bs):
+                batch = make_batch(graphs[k:k + bs], mc.species, mc.r_max, self.dtype, self.device)
+                loss, _, out = batch_loss(self.model, batch, self.weights, create_graph=False)
+                g = int(batch["num_graphs"])
+                tot["loss"] += float(loss.detach()) * g
+                cnt["loss"] += g
+                if "energy" in batch:
+                    err = (out["energy"] - batch["energy"]).detach() / batch["num_atoms"]
+                    tot["e"] += float(err.abs().sum())
+                    cnt["e"] += g
+                if "forces" in batch:
+                    err = (out["forces"] - batch["forces"]).detach()
+                    tot["f"] += float(err.abs().sum())
+                    cnt["f"] += err.numel()
+                if "virial" in out and "stress" in batch:
+                    pred = -out["virial"].detach() / batch["volume"].clamp(min=1e-12).view(-1, 1, 1)
+                    m = batch["stress_mask"]
+                    tot["s"] += float((pred - batch["stress"]).abs()[m].sum())
+                    cnt["s"] += int(m.sum()) * 9
+        finally:
+            if raw is not None:
+                self.model.load_state_dict(raw)
+        mean = lambda key: tot[key] / cnt[key] if cnt[key] else float("nan")  # noqa: E731
+        return {"valid_loss": mean("loss"), "valid_energy_mae": 1000 * mean("e"),
+                "valid_forces_mae": 1000 * mean("f"), "valid_stress_mae": 1000 * mean("s")}
+
+    def run(self) -> Dict[str, float]:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        tr = self.cfg.training
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_text(dump_config(self.cfg), self.out / "config.yaml")
+        cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                TextColumn("{task.fields[status]}"))
+        try:
+            with Progress(*cols, disable=self.quiet, transient=False) as bar:
+                while self.epoch < tr.max_epochs and not (tr.max_time and self.elapsed >= tr.max_time):
+                    task = bar.add_task(f"epoch {self.epoch + 1}", total=len(self.train_graphs), status="")
+                    row = self.train_epoch(bar, task)
+                    row.update(self.validate())
+                    self.epoch += 1
+                    row["epoch"] = self.epoch
+                    row["lr"] = self.optimizer.param_groups[0]["lr"]
+                    row["time_s"] = self.elapsed
+                    if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        self.scheduler.step(row["valid_loss"])
+                    elif self.scheduler is not None:
+                        self.scheduler.step()
+                    self.rows.append(row)
+                    improved = row["valid_loss"] < self.best
+                    if improved:
+                        self.best = row["valid_loss"]
+                    self._save(best=improved)
+                    self._write_metrics()
+                    bar.update(task, status=f"valid E {row['valid_energy_mae']:.2f} meV/atom  "
+                                            f"F {row['valid_forces_mae']:.1f} meV/Å")
+        except KeyboardInterrupt:
+            self._save(best=False)
+            self._log(f"[yellow]interrupted: state saved to {self.out / 'last.ckpt'} "
+                      "(continue with --resume)[/yellow]")
+            raise
+        return self.rows[-1] if self.rows else {}
+
+
+def train(cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False) -> Trainer:
+    trainer = Trainer(cfg, output, resume=resume, quiet=quiet)
+    trainer.run()
+    return trainer
