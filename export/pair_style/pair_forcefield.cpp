@@ -1,0 +1,527 @@
+/* ----------------------------------------------------------------------
+   pair_style forcefield: evaluates a forcefield TorchScript export.
+
+   Usage:
+     newton on
+     pair_style forcefield model.pt [device cpu|cuda|auto]
+     pair_coeff * * Cu Au        (one element symbol per atom type)
+
+   Design (see README.md in this folder):
+   - full neighbour list including the neighbours of ghost atoms; edges
+     i->j for every owned and ghost atom i with |x_j - x_i| < r_max; all
+     nlocal+nghost positions go to the model, shifts are zero because
+     periodic images are explicit ghost atoms;
+   - the model returns the energy of the owned atoms, per-atom energies,
+     -dE/dx for every atom (owned and ghost) and the virial; ghost forces
+     are summed onto their owners by LAMMPS' reverse communication, so
+     newton_pair must be on;
+   - the ghost shell must reach num_layers*r_max (+ skin) so that every
+     message reaching an owned atom is computed from complete
+     neighbourhoods; the pair style raises comm->cutghostuser to that.
+------------------------------------------------------------------------- */
+
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include "pair_forcefield.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "update.h"
+#include "utils.h"
+
+#include <mpi.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+using namespace LAMMPS_NS;
+
+namespace LAMMPS_NS {
+struct ForcefieldTorchState {
+  torch::jit::Module model;
+  torch::Device device{torch::kCPU};
+  torch::Dtype dtype{torch::kFloat64};    // model dtype: kFloat32 or kFloat64
+};
+}    // namespace LAMMPS_NS
+
+namespace {
+
+std::string trim(const std::string &s)
+{
+  const char *ws = " \t\r\n";
+  auto b = s.find_first_not_of(ws);
+  if (b == std::string::npos) return "";
+  auto e = s.find_last_not_of(ws);
+  return s.substr(b, e - b + 1);
+}
+
+std::vector<std::string> split_ws(const std::string &s)
+{
+  std::vector<std::string> out;
+  std::istringstream in(s);
+  std::string w;
+  while (in >> w) out.push_back(w);
+  return out;
+}
+
+std::string join(const std::vector<std::string> &v, const std::string &sep)
+{
+  std::string out;
+  for (size_t k = 0; k < v.size(); ++k) {
+    if (k) out += sep;
+    out += v[k];
+  }
+  return out;
+}
+
+// first line of a (possibly very long) torch error message
+std::string first_line(const std::string &s)
+{
+  auto n = s.find('\n');
+  return trim(n == std::string::npos ? s : s.substr(0, n));
+}
+
+}    // namespace
+
+/* ---------------------------------------------------------------------- */
+
+PairForcefield::PairForcefield(LAMMPS *lmp) :
+    Pair(lmp), ts(new ForcefieldTorchState), model_loaded(false), r_max(0.0),
+    num_layers(0), type2species(nullptr)
+{
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 0;    // we check for "* *" ourselves, with a clearer message
+  manybody_flag = 1;
+  ghostneigh = 1;                  // neighbours of ghost atoms are needed
+  no_virial_fdotr_compute = 1;     // the model returns the virial
+  centroidstressflag = CENTROID_NOTAVAIL;
+}
+
+/* ---------------------------------------------------------------------- */
+
+PairForcefield::~PairForcefield()
+{
+  if (copymode) return;
+  delete ts;
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+    memory->destroy(cutghost);
+    delete[] type2species;
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairForcefield::allocate()
+{
+  allocated = 1;
+  int n = atom->ntypes + 1;
+  memory->create(setflag, n, n, "pair:setflag");
+  memory->create(cutsq, n, n, "pair:cutsq");
+  memory->create(cutghost, n, n, "pair:cutghost");
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) {
+      setflag[i][j] = 0;
+      cutsq[i][j] = 0.0;
+      cutghost[i][j] = 0.0;
+    }
+  type2species = new int[n];
+  for (int i = 0; i < n; i++) type2species[i] = -1;
+}
+
+/* ----------------------------------------------------------------------
+   pair_style forcefield model.pt [device cpu|cuda|auto]
+------------------------------------------------------------------------- */
+
+void PairForcefield::settings(int narg, char **arg)
+{
+  const std::string usage = "Usage: pair_style forcefield <model.pt> [device cpu|cuda|auto]";
+  if (narg < 1) error->all(FLERR, "Illegal pair_style forcefield command: missing model file. " + usage);
+
+  std::string path = arg[0];
+  std::string dev = "auto";
+  int iarg = 1;
+  while (iarg < narg) {
+    std::string key = arg[iarg];
+    if (key == "device") {
+      if (iarg + 1 >= narg)
+        error->all(FLERR, "Illegal pair_style forcefield command: 'device' needs a value (cpu, cuda or auto). " + usage);
+      dev = arg[iarg + 1];
+      if (dev != "cpu" && dev != "cuda" && dev != "auto")
+        error->all(FLERR, "Illegal pair_style forcefield command: unknown device '" + dev +
+                              "' (expected cpu, cuda or auto). " + usage);
+      iarg += 2;
+    } else {
+      error->all(FLERR, "Illegal pair_style forcefield command: unknown keyword '" + key + "'. " + usage);
+    }
+  }
+
+  // a new model invalidates an earlier pair_coeff mapping
+  if (allocated) {
+    for (int i = 0; i <= atom->ntypes; i++) {
+      type2species[i] = -1;
+      for (int j = 0; j <= atom->ntypes; j++) setflag[i][j] = 0;
+    }
+  }
+
+  device_choice = dev;
+  select_device(dev);
+  load_model(path);
+}
+
+/* ----------------------------------------------------------------------
+   cpu | cuda | auto; with CUDA each rank uses GPU (node-local rank % #GPUs)
+------------------------------------------------------------------------- */
+
+void PairForcefield::select_device(const std::string &choice)
+{
+  bool cuda_ok = torch::cuda::is_available();
+  bool use_cuda = false;
+  if (choice == "cuda") {
+    if (!cuda_ok)
+      error->all(FLERR,
+                 "pair_style forcefield: 'device cuda' requested but torch reports no usable CUDA "
+                 "device (is libtorch a CUDA build and a GPU visible?). Use 'device cpu'.");
+    use_cuda = true;
+  } else if (choice == "auto") {
+    use_cuda = cuda_ok;
+  }
+
+  if (!use_cuda) {
+    ts->device = torch::Device(torch::kCPU);
+  } else {
+    // node-local rank: ranks sharing memory are on the same node
+    MPI_Comm local;
+    MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &local);
+    int local_rank = 0;
+    MPI_Comm_rank(local, &local_rank);
+    MPI_Comm_free(&local);
+    int ngpu = (int) torch::cuda::device_count();
+    if (ngpu < 1) error->one(FLERR, "pair_style forcefield: CUDA available but no device found");
+    ts->device = torch::Device(torch::kCUDA, (c10::DeviceIndex) (local_rank % ngpu));
+  }
+  if (comm->me == 0)
+    utils::logmesg(lmp, "pair_style forcefield: device " + ts->device.str() + " (requested " + choice +
+                            ")\n");
+}
+
+/* ----------------------------------------------------------------------
+   load the TorchScript export and check its metadata
+------------------------------------------------------------------------- */
+
+void PairForcefield::load_model(const std::string &path)
+{
+  {
+    std::ifstream probe(path, std::ios::binary);
+    if (!probe.good())
+      error->all(FLERR, "pair_style forcefield: cannot open model file '" + path +
+                            "' (missing or unreadable)");
+  }
+
+  const std::vector<std::string> keys = {"format_version", "species", "r_max", "num_layers",
+                                         "dtype", "metadata.json"};
+  std::unordered_map<std::string, std::string> extra;
+  for (const auto &k : keys) extra[k] = "";
+
+  torch::jit::Module m;
+  std::string failure;
+  bool failed = false;
+  try {
+    m = torch::jit::load(path, ts->device, extra);
+  } catch (const std::exception &e) {
+    failure = first_line(e.what());
+    failed = true;
+  }
+  if (failed)
+    error->all(FLERR, "pair_style forcefield: '" + path +
+                          "' is not a loadable TorchScript file (export the model with "
+                          "forcefield's export_model): " + failure);
+
+  std::vector<std::string> missing;
+  for (const auto &k : keys)
+    if (trim(extra[k]).empty()) missing.push_back(k);
+  if (!missing.empty())
+    error->all(FLERR, "pair_style forcefield: '" + path +
+                          "' is not a forcefield export: missing metadata " + join(missing, ", ") +
+                          " (re-export the model with forcefield's export_model)");
+
+  std::string fv = trim(extra["format_version"]);
+  if (fv != std::to_string(FORMAT_VERSION))
+    error->all(FLERR, "pair_style forcefield: '" + path + "' has unsupported format_version '" + fv +
+                          "'; this pair style reads format_version " +
+                          std::to_string(FORMAT_VERSION) +
+                          " (rebuild the plugin from the same forcefield version that exported "
+                          "the model)");
+
+  std::vector<std::string> species = split_ws(extra["species"]);
+  if (species.empty()) error->all(FLERR, "pair_style forcefield: '" + path + "' lists no species");
+
+  double rc = 0.0;
+  int nl = 0;
+  try {
+    rc = std::stod(trim(extra["r_max"]));
+    nl = std::stoi(trim(extra["num_layers"]));
+  } catch (const std::exception &) {
+    error->all(FLERR, "pair_style forcefield: '" + path + "' has malformed r_max '" +
+                          trim(extra["r_max"]) + "' or num_layers '" + trim(extra["num_layers"]) +
+                          "'");
+  }
+  if (!(rc > 0.0) || !std::isfinite(rc) || nl < 1)
+    error->all(FLERR, "pair_style forcefield: '" + path + "' has invalid r_max " +
+                          trim(extra["r_max"]) + " or num_layers " + trim(extra["num_layers"]));
+
+  std::string dt = trim(extra["dtype"]);
+  torch::Dtype tdt;
+  if (dt == "float64")
+    tdt = torch::kFloat64;
+  else if (dt == "float32")
+    tdt = torch::kFloat32;
+  else
+    error->all(FLERR, "pair_style forcefield: '" + path + "' has unsupported dtype '" + dt +
+                          "' (expected float32 or float64)");
+
+  m.eval();
+  ts->model = m;
+  model_loaded = true;
+  model_path = path;
+  model_species = species;
+  r_max = rc;
+  num_layers = nl;
+  ts->dtype = tdt;
+  dtype_name = dt;
+
+  // shapes change every step: do not specialise the graph on static shapes
+  torch::jit::FusionStrategy strategy = {{torch::jit::FusionBehavior::DYNAMIC, 10}};
+  torch::jit::setFusionStrategy(strategy);
+
+  if (comm->me == 0)
+    utils::logmesg(lmp,
+                   "pair_style forcefield: loaded " + path + "\n  species: " + join(species, " ") +
+                       "\n  r_max: " + trim(extra["r_max"]) +
+                       " A, num_layers: " + std::to_string(nl) + ", dtype: " + dt + "\n");
+}
+
+/* ----------------------------------------------------------------------
+   pair_coeff * * El1 El2 ...  (one element symbol per atom type)
+------------------------------------------------------------------------- */
+
+void PairForcefield::coeff(int narg, char **arg)
+{
+  if (!model_loaded)
+    error->all(FLERR, "pair_coeff for pair_style forcefield: pair_style must be set first");
+  if (!allocated) allocate();
+
+  const int ntypes = atom->ntypes;
+  const std::string usage = "expected 'pair_coeff * * <element for each of the " +
+                            std::to_string(ntypes) + " atom types>'";
+  if (narg < 2 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for pair_style forcefield must be of the form 'pair_coeff * * "
+                      "El1 El2 ...' (type ranges other than '* *' are not supported); " + usage);
+  if (narg - 2 != ntypes)
+    error->all(FLERR, "pair_coeff for pair_style forcefield: got " + std::to_string(narg - 2) +
+                          " element(s) for " + std::to_string(ntypes) + " atom type(s); " +
+                          usage + " (model species: " + join(model_species, " ") + ")");
+
+  for (int itype = 1; itype <= ntypes; itype++) {
+    std::string el = arg[itype + 1];
+    int idx = -1;
+    for (size_t s = 0; s < model_species.size(); s++)
+      if (model_species[s] == el) idx = (int) s;
+    if (idx < 0)
+      error->all(FLERR, "pair_coeff for pair_style forcefield: element '" + el + "' (atom type " +
+                            std::to_string(itype) + ") is not in the model '" + model_path +
+                            "'; the model's species are: " + join(model_species, " "));
+    type2species[itype] = idx;
+  }
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairForcefield::init_style()
+{
+  if (!model_loaded) error->all(FLERR, "pair_style forcefield: no model loaded");
+  if (force->newton_pair == 0)
+    error->all(FLERR, "pair_style forcefield requires 'newton on' (forces on ghost atoms are "
+                      "summed by reverse communication); remove 'newton off' from the input");
+  if (strcmp(update->unit_style, "metal") != 0)
+    error->all(FLERR, "pair_style forcefield requires 'units metal' (eV, Angstrom), got 'units " +
+                          std::string(update->unit_style) + "'");
+
+  neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+
+  // ghost atoms must reach num_layers * r_max (+ skin, atoms move between
+  // neighbour-list builds) so that owned atoms see complete receptive fields
+  double need = num_layers * r_max + neighbor->skin;
+  if (comm->mode == Comm::SINGLE) {
+    if (comm->cutghostuser < need) {
+      comm->cutghostuser = need;
+      if (comm->me == 0)
+        utils::logmesg(lmp, "pair_style forcefield: ghost cutoff set to " + std::to_string(need) +
+                                " A = num_layers (" + std::to_string(num_layers) +
+                                ") * r_max (" + std::to_string(r_max) + ") + skin (" +
+                                std::to_string(neighbor->skin) + ")\n");
+    }
+  } else {
+    error->all(FLERR, "pair_style forcefield needs a single ghost cutoff of at least " +
+                          std::to_string(need) + " A: use 'comm_modify mode single cutoff " +
+                          std::to_string(need) + "'");
+  }
+}
+
+/* ---------------------------------------------------------------------- */
+
+double PairForcefield::init_one(int i, int j)
+{
+  if (setflag[i][j] == 0)
+    error->all(FLERR, "pair_style forcefield: pair_coeff * * <elements> is missing");
+  cutghost[i][j] = cutghost[j][i] = r_max;
+  return r_max;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairForcefield::compute(int eflag, int vflag)
+{
+  ev_init(eflag, vflag);
+
+  if (vflag_atom || cvflag_atom)
+    error->all(FLERR, "pair_style forcefield does not support per-atom virial (compute "
+                      "stress/atom, centroid/stress/atom, heat/flux); only the global virial "
+                      "(pressure) is available");
+
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+
+  // a rank without owned atoms contributes nothing: no energy, no forces
+  // (its ghost atoms' owners get their forces from the other ranks)
+  if (nlocal == 0 || nall == 0) return;
+
+  double **x = atom->x;
+  double **f = atom->f;
+  int *type = atom->type;
+
+  // ---- species and positions (model dtype) ----
+  species_buf.resize(nall);
+  for (int i = 0; i < nall; i++) species_buf[i] = type2species[type[i]];
+
+  // ---- edges: every owned and ghost atom as centre ----
+  const int ntotal = list->inum + list->gnum;
+  int *ilist = list->ilist;
+  int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const double rsq_max = r_max * r_max;
+
+  edge_src.clear();
+  edge_dst.clear();
+  for (int ii = 0; ii < ntotal; ii++) {
+    const int i = ilist[ii];
+    const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+    const int *jlist = firstneigh[i];
+    const int jnum = numneigh[i];
+    for (int jj = 0; jj < jnum; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+      if (dx * dx + dy * dy + dz * dz < rsq_max) {
+        edge_src.push_back(i);
+        edge_dst.push_back(j);
+      }
+    }
+  }
+  const int64_t nedges = (int64_t) edge_src.size();
+
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  torch::Tensor pos;
+  if (ts->dtype == torch::kFloat64) {
+    pos_d.resize(3 * (size_t) nall);
+    for (int i = 0; i < nall; i++)
+      for (int k = 0; k < 3; k++) pos_d[3 * i + k] = x[i][k];
+    pos = torch::from_blob(pos_d.data(), {nall, 3}, torch::TensorOptions().dtype(torch::kFloat64));
+  } else {
+    pos_f.resize(3 * (size_t) nall);
+    for (int i = 0; i < nall; i++)
+      for (int k = 0; k < 3; k++) pos_f[3 * i + k] = (float) x[i][k];
+    pos = torch::from_blob(pos_f.data(), {nall, 3}, torch::TensorOptions().dtype(torch::kFloat32));
+  }
+  // copies: the model must not see (or keep) pointers into our buffers
+  pos = pos.to(ts->device, /*non_blocking=*/false, /*copy=*/true);
+  torch::Tensor species = torch::from_blob(species_buf.data(), {nall}, i64).to(ts->device, false, true);
+  torch::Tensor edge_index = torch::empty({2, nedges}, i64);
+  if (nedges > 0) {
+    std::memcpy(edge_index.data_ptr<int64_t>(), edge_src.data(), nedges * sizeof(int64_t));
+    std::memcpy(edge_index.data_ptr<int64_t>() + nedges, edge_dst.data(), nedges * sizeof(int64_t));
+  }
+  edge_index = edge_index.to(ts->device);
+  torch::Tensor shifts = torch::zeros({nedges, 3}, torch::TensorOptions().dtype(ts->dtype).device(ts->device));
+
+  std::vector<torch::jit::IValue> inputs;
+  inputs.emplace_back(pos);
+  inputs.emplace_back(species);
+  inputs.emplace_back(edge_index);
+  inputs.emplace_back(shifts);
+  inputs.emplace_back((int64_t) nlocal);
+
+  c10::IValue result;
+  std::string failure;
+  bool failed = false;
+  try {
+    result = ts->model.forward(inputs);
+  } catch (const std::exception &e) {
+    failure = first_line(e.what());
+    failed = true;
+  }
+  if (failed)
+    error->one(FLERR, "pair_style forcefield: model evaluation failed: " + failure);
+  if (!result.isTuple() || result.toTupleRef().elements().size() != 4)
+    error->one(FLERR, "pair_style forcefield: the model must return a tuple of 4 tensors "
+                      "(energy, node_energy, forces, virial)");
+  const auto &outs = result.toTupleRef().elements();
+  torch::Tensor energy = outs[0].toTensor();
+  torch::Tensor node_energy = outs[1].toTensor();
+  torch::Tensor forces = outs[2].toTensor();
+  torch::Tensor virial_t = outs[3].toTensor();
+
+  auto cpu64 = torch::TensorOptions().dtype(torch::kFloat64).device(torch::kCPU);
+  forces = forces.detach().to(cpu64).contiguous();
+  if (forces.dim() != 2 || forces.size(0) != nall || forces.size(1) != 3)
+    error->one(FLERR, "pair_style forcefield: model returned forces of wrong shape (expected [" +
+                          std::to_string(nall) + ", 3])");
+
+  const double *fm = forces.data_ptr<double>();
+  for (int i = 0; i < nall; i++) {
+    f[i][0] += fm[3 * i + 0];
+    f[i][1] += fm[3 * i + 1];
+    f[i][2] += fm[3 * i + 2];
+  }
+
+  if (eflag_global) eng_vdwl += energy.detach().to(cpu64).item<double>();
+
+  if (eflag_atom) {
+    node_energy = node_energy.detach().to(cpu64).contiguous();
+    if (node_energy.dim() != 1 || node_energy.size(0) != nall)
+      error->one(FLERR, "pair_style forcefield: model returned node_energy of wrong shape");
+    const double *em = node_energy.data_ptr<double>();
+    for (int i = 0; i < nlocal; i++) eatom[i] += em[i];
+  }
+
+  if (vflag_global) {
+    virial_t = virial_t.detach().to(cpu64).contiguous();
+    if (virial_t.numel() != 6)
+      error->one(FLERR, "pair_style forcefield: model returned a virial with " +
+                            std::to_string(virial_t.numel()) + " entries, expected 6");
+    const double *vm = virial_t.data_ptr<double>();
+    for (int k = 0; k < 6; k++) virial[k] += vm[k];
+  }
+}

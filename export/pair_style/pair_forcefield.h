@@ -1,0 +1,69 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   pair_style forcefield: LAMMPS pair style for forcefield TorchScript
+   exports (a machine-learned, message-passing interatomic potential).
+
+   Builds either as a LAMMPS plugin (forcefieldplugin.so, see CMakeLists.txt)
+   or inside a LAMMPS source tree (see install_into_lammps_source.sh).
+------------------------------------------------------------------------- */
+
+#ifdef PAIR_CLASS
+// clang-format off
+PairStyle(forcefield,PairForcefield);
+// clang-format on
+#else
+
+#ifndef LMP_PAIR_FORCEFIELD_H
+#define LMP_PAIR_FORCEFIELD_H
+
+#include "pair.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace LAMMPS_NS {
+
+class PairForcefield : public Pair {
+ public:
+  // version of the exported-file format this pair style understands
+  static constexpr int FORMAT_VERSION = 1;
+
+  PairForcefield(class LAMMPS *);
+  ~PairForcefield() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+
+ protected:
+  void allocate();
+  void load_model(const std::string &path);
+  void select_device(const std::string &choice);
+
+  // torch objects (module, device, dtype) live in the .cpp so that this
+  // header, included by the plugin entry point, stays free of torch headers
+  struct ForcefieldTorchState *ts;
+  bool model_loaded;
+
+  std::string model_path;
+  std::string device_choice;    // "cpu", "cuda" or "auto" as given by the user
+  std::vector<std::string> model_species;    // element symbols in model order
+  double r_max;                              // model cutoff (Angstrom)
+  int num_layers;                            // message-passing layers
+  std::string dtype_name;                    // "float32" or "float64"
+
+  int *type2species;    // atom type (1..ntypes) -> index into model_species
+
+  // per-step host buffers, kept to avoid reallocation
+  std::vector<double> pos_d;
+  std::vector<float> pos_f;
+  std::vector<int64_t> species_buf;
+  std::vector<int64_t> edge_src, edge_dst;
+};
+
+}    // namespace LAMMPS_NS
+
+#endif
+#endif
