@@ -1,0 +1,65 @@
+"""Errors of a model (object, checkpoint or exported file) on a labelled structure file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Tuple, Union
+
+import numpy as np
+import torch
+
+from forcefield.calculator import make_runner
+from forcefield.data.frames import check_species, frame_location, read_frames
+from forcefield.data.graph import build_graph
+from forcefield.data.split import extract_e0
+
+
+def predict_frames(model, frames):
+    """Per frame: (energy, forces (N,3), stress (3,3) or None) predicted by `model`."""
+    runner = make_runner(model)
+    out = []
+    for f in frames:
+        g = build_graph(f.numbers, f.positions, f.cell, f.pbc, runner.species, runner.r_max, frame_location(f))
+        t = lambda a, dt=runner.dtype: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
+        periodic = bool(np.all(f.pbc))
+        r = runner(t(g.positions), t(g.species, torch.long), t(g.edge_index, torch.long), t(g.shifts), periodic)
+        stress = None
+        if periodic:
+            stress = -r["virial"].detach().double().numpy() / abs(np.linalg.det(f.cell))
+        out.append((float(r["energy"].detach()), r["forces"].detach().double().numpy(), stress))
+    return out
+
+
+def evaluate(model: Union[torch.nn.Module, str, Path], data: Union[str, Path], energy_key: str = "energy",
+             forces_key: str = "forces", stress_key: str = "stress") -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+    """Metrics (DESIGN.md §5.1: energies meV/atom, forces meV/Å, stress meV/Å^3) and the
+    reference/predicted arrays for parity plots. Isolated-atom frames are left out."""
+    frames = extract_e0(read_frames(data, energy_key, forces_key, stress_key))[0]
+    runner_species = make_runner(model).species
+    check_species(frames, runner_species, data)
+    preds = predict_frames(model, frames)
+    e_ref, e_pred, f_ref, f_pred, s_err = [], [], [], [], []
+    for f, (e, forces, stress) in zip(frames, preds):
+        n = len(f.numbers)
+        if f.energy is not None:
+            e_ref.append(f.energy / n)
+            e_pred.append(e / n)
+        if f.forces is not None:
+            f_ref.append(f.forces)
+            f_pred.append(forces)
+        if f.stress is not None and stress is not None:
+            s_err.append(stress - f.stress)
+    metrics: Dict[str, float] = {"n_structures": len(frames)}
+    arrays = {"energy_ref": np.array(e_ref), "energy_pred": np.array(e_pred),
+              "forces_ref": np.concatenate(f_ref) if f_ref else np.zeros((0, 3)),
+              "forces_pred": np.concatenate(f_pred) if f_pred else np.zeros((0, 3))}
+    if e_ref:
+        d = arrays["energy_pred"] - arrays["energy_ref"]
+        metrics["energy_mae"] = 1000 * float(np.mean(np.abs(d)))
+        metrics["energy_rmse"] = 1000 * float(np.sqrt(np.mean(d ** 2)))
+    if f_ref:
+        d = arrays["forces_pred"] - arrays["forces_ref"]
+        metrics["forces_mae"] = 1000 * float(np.mean(np.abs(d)))
+        metrics["forces_rmse"] = 1000 * float(np.sqrt(np.mean(d ** 2)))
+    if s_err:
+        metrics["stress_mae"] = 1000 * float(np.mean(np.abs(np.stack(s_err))))
+    return metrics, arrays
