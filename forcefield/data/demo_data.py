@@ -287,6 +287,7 @@ def _adatom_frames(n: int, elements, rng) -> list[Frame]:
         height = float(heights[np.argmax(nearest >= target)])
         adsorbate = elements[int(rng.integers(len(elements)))]
         add_adsorbate(slab, adsorbate, height=height, position=(float(xy[0]), float(xy[1])))
+        slab.center(vacuum=_VACUUM, axis=2)  # vacuum above the adatom too
         # keep the adatom where it is, only jiggle the substrate a little
         slab.positions[:-1] += rng.normal(0.0, 0.05, size=slab.positions[:-1].shape)
         frames.append(_label(slab, "adatom"))
