@@ -450,9 +450,13 @@ void PairForcefield::compute(int eflag, int vflag)
       for (int k = 0; k < 3; k++) pos_d[3 * i + k] = x[i][k];
     pos = torch::from_blob(pos_d.data(), {nall, 3}, torch::TensorOptions().dtype(torch::kFloat64));
   } else {
+    // float32: positions relative to the first owned atom (the model is
+    // translation invariant), so edge vectors keep float32 precision even
+    // far from the origin of a large box
+    const double o[3] = {x[0][0], x[0][1], x[0][2]};
     pos_f.resize(3 * (size_t) nall);
     for (int i = 0; i < nall; i++)
-      for (int k = 0; k < 3; k++) pos_f[3 * i + k] = (float) x[i][k];
+      for (int k = 0; k < 3; k++) pos_f[3 * i + k] = (float) (x[i][k] - o[k]);
     pos = torch::from_blob(pos_f.data(), {nall, 3}, torch::TensorOptions().dtype(torch::kFloat32));
   }
   // copies: the model must not see (or keep) pointers into our buffers
@@ -473,6 +477,9 @@ void PairForcefield::compute(int eflag, int vflag)
   inputs.emplace_back(shifts);
   inputs.emplace_back((int64_t) nlocal);
 
+  // the model differentiates its energy inside forward(): make sure autograd
+  // is on even if LAMMPS is driven from Python under torch.no_grad()
+  torch::AutoGradMode enable_grad(true);
   c10::IValue result;
   std::string failure;
   bool failed = false;
