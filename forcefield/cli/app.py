@@ -43,9 +43,10 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from forcefield.errors import InputError
+        from forcefield.export.plugin import PluginBuildError
         try:
             return fn(*args, **kwargs)
-        except (InputError, ValueError, FileNotFoundError) as exc:
+        except (InputError, ValueError, FileNotFoundError, PluginBuildError) as exc:
             msg = " ".join(str(exc).split())
             typer.echo(f"error: {msg}", err=True)
             raise typer.Exit(2)
