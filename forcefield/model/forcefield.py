@@ -113,14 +113,37 @@ class ForceField(nn.Module):
         return self.shift.dtype
 
     # ------------------------------------------------------------------ physics
+    def _layer_edges(self, edge_index: torch.Tensor, num_nodes: int, n_local: int) -> List[torch.Tensor]:
+        """For LAMMPS (0 <= n_local < N): the edges each block needs, as index tensors.
+
+        Only atoms [0, n_local) carry energy, so block k (0-based, of L) needs messages only
+        into atoms within L-1-k hops of them: the last block only into local atoms. The
+        result is identical to using every edge; ghost atoms far out cost nothing.
+        """
+        centre, neighbour = edge_index[0], edge_index[1]
+        reach = torch.zeros(num_nodes, dtype=torch.bool, device=edge_index.device)
+        reach[:n_local] = True
+        masks: List[torch.Tensor] = []
+        for _ in range(len(self.layers)):
+            masks.append(reach[centre])
+            grown = reach.clone()
+            grown[neighbour[masks[-1]]] = True
+            reach = grown
+        masks.reverse()
+        return [torch.nonzero(m).squeeze(-1) for m in masks]
+
     def node_energies(self, edge_vec: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
-                      dens_features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                      dens_features: Optional[torch.Tensor] = None, n_local: int = -1) -> Dict[str, torch.Tensor]:
         """Per-atom energies E_i (eV) and the intermediate features (for the DeNS head)."""
         num_nodes = species.shape[0]
         r = edge_lengths(edge_vec)
         u = self.envelope(r)
         edge_sh = self.spherical_harmonics(edge_vec / r.unsqueeze(-1))
         edge_radial = self.radial_basis(r) * u.unsqueeze(-1)
+        prune = 0 <= n_local < num_nodes
+        layer_edges: List[torch.Tensor] = []
+        if prune:
+            layer_edges = self._layer_edges(edge_index, num_nodes, n_local)
 
         h = self.embedding(species)
         penultimate = h
@@ -130,7 +153,11 @@ class ForceField(nn.Module):
                 h = h + dens_features
             if k == n_layers - 1:
                 penultimate = h
-            h = layer(h, edge_sh, edge_radial, edge_index)
+            if prune:
+                sel = layer_edges[k]
+                h = layer(h, edge_sh[sel], edge_radial[sel], edge_index[:, sel])
+            else:
+                h = layer(h, edge_sh, edge_radial, edge_index)
         e = self.readout(h).squeeze(-1)
 
         s = self.switch(r, u, edge_index[0], num_nodes)
@@ -153,7 +180,7 @@ class ForceField(nn.Module):
         need_grad = compute_forces or compute_virial
         if need_grad and not edge_vec.requires_grad:
             edge_vec.requires_grad_(True)
-        out = self.node_energies(edge_vec, species, edge_index, dens_features)
+        out = self.node_energies(edge_vec, species, edge_index, dens_features, n_local)
         node_energy = out["node_energy"]
         n_energy = node_energy.shape[0] if n_local < 0 else n_local
         counted = node_energy[:n_energy]
