@@ -10,17 +10,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class SwitchConfig(BaseModel):
     """Smooth-min isolation switch (DESIGN.md §3).
 
-    Defaults: tau = 0.1 Å, r_on = 0.6 r_max, r_off = 0.9 r_max. With them s_i = 1
-    exactly for any atom whose nearest neighbour is closer than about 0.55 r_max
-    (2.75 Å at r_max = 5 Å): every atom of a molecule, a liquid or a bulk solid.
-    The energy fades to E0 only when the nearest neighbour is beyond ~0.6 r_max
-    and is exactly E0 from ~0.9 r_max on, well before the neighbour leaves.
+    Defaults: tau = 0.1 Å, r_on = 0.75 r_max, r_off = r_max. With them s_i = 1 exactly
+    for any atom whose nearest neighbour is closer than about 0.7 r_max (3.5 Å at
+    r_max = 5 Å): every atom of a molecule, a liquid or a bulk solid of the usual
+    elements (for alkali metals raise r_max). An atom with a single neighbour at r has
+    d_i = r - tau log u(r) >= r, which grows without bound as r -> r_max, so s_i reaches 0
+    (E_i = E0 exactly) at about 0.9 r_max, before the neighbour leaves the cutoff, while
+    the learned energy keeps most of the range of a dimer's binding curve.
     """
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
     tau: float = Field(0.1, gt=0, description="softness of the minimum, Å")
-    r_on: Optional[float] = Field(None, description="d_i below which s_i = 1 (Å); default 0.6 r_max")
-    r_off: Optional[float] = Field(None, description="d_i above which s_i = 0 (Å); default 0.9 r_max")
+    r_on: Optional[float] = Field(None, description="d_i below which s_i = 1 (Å); default 0.75 r_max")
+    r_off: Optional[float] = Field(None, description="d_i above which s_i = 0 (Å); default r_max")
 
 
 class ModelConfig(BaseModel):
@@ -57,8 +59,8 @@ class ModelConfig(BaseModel):
                 if s not in self.species:
                     raise ValueError(f"model.{key}: element '{s}' is not in model.species {self.species}")
         sw = self.switch
-        r_on = sw.r_on if sw.r_on is not None else 0.6 * self.r_max
-        r_off = sw.r_off if sw.r_off is not None else 0.9 * self.r_max
+        r_on = sw.r_on if sw.r_on is not None else 0.75 * self.r_max
+        r_off = sw.r_off if sw.r_off is not None else self.r_max
         if not r_off > r_on:
             raise ValueError(f"model.switch: r_off ({r_off}) must be larger than r_on ({r_on})")
         if r_off > self.r_max:

@@ -137,8 +137,8 @@ model:
   switch:                     # smooth-min isolation switch: energy -> E0 for isolated atoms
     enabled: true
     tau: 0.1                  # softness of the minimum, Å
-    r_on: null                # s = 1 below this soft-min distance (default 0.6 r_max)
-    r_off: null               # s = 0 above it (default 0.9 r_max)
+    r_on: null                # s = 1 below this soft-min distance (default 0.75 r_max)
+    r_off: null               # s = 0 above it (default r_max)
 
 dens:                         # denoising non-equilibrium structures (training only)
   enabled: true
