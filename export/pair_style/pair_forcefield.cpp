@@ -8,9 +8,11 @@
 
    Design (see README.md in this folder):
    - full neighbour list including the neighbours of ghost atoms; edges
-     i->j for every owned and ghost atom i with |x_j - x_i| < r_max; all
-     nlocal+nghost positions go to the model, shifts are zero because
-     periodic images are explicit ghost atoms;
+     i->j with |x_j - x_i| < r_max for every owned or ghost atom i within
+     num_layers-1 hops of an owned atom, and the atoms within num_layers
+     hops, go to the model (the rest of the ghost shell cannot affect the
+     owned atoms' energy); shifts are zero because periodic images are
+     explicit ghost atoms;
    - the model returns the energy of the owned atoms, per-atom energies,
      -dE/dx for every atom (owned and ghost) and the virial; ghost forces
      are summed onto their owners by LAMMPS' reverse communication, so
@@ -413,55 +415,101 @@ void PairForcefield::compute(int eflag, int vflag)
   double **f = atom->f;
   int *type = atom->type;
 
-  // ---- species and positions (model dtype) ----
-  species_buf.resize(nall);
-  for (int i = 0; i < nall; i++) species_buf[i] = type2species[type[i]];
-
-  // ---- edges: every owned and ghost atom as centre ----
-  const int ntotal = list->inum + list->gnum;
+  // ---- which atoms and edges the model needs ----
+  // Only owned atoms carry energy, so with L message-passing layers an atom
+  // matters only if it is within L hops (edges shorter than r_max) of an owned
+  // atom, and an edge only if its centre is within L-1 hops. hop[i] is that
+  // distance in hops (L+1: beyond). Everything else in the (L r_max + skin)
+  // ghost shell is dropped, and the kept atoms are renumbered: owned atoms keep
+  // 0..nlocal-1, kept ghosts follow in LAMMPS order. The result is identical
+  // to sending every atom and edge (the model prunes the same way inside).
   int *ilist = list->ilist;
   int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
+  const int ntotal = list->inum + list->gnum;
   const double rsq_max = r_max * r_max;
+  const int far = num_layers + 1;
 
+  hop.assign(nall, far);
+  frontier.clear();
+  for (int i = 0; i < nlocal; i++) {
+    hop[i] = 0;
+    frontier.push_back(i);
+  }
+  for (int k = 0; k < num_layers && !frontier.empty(); k++) {
+    next_frontier.clear();
+    for (int i : frontier) {
+      const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
+      const int *jlist = firstneigh[i];
+      const int jnum = numneigh[i];
+      for (int jj = 0; jj < jnum; jj++) {
+        const int j = jlist[jj] & NEIGHMASK;
+        if (hop[j] <= k + 1) continue;
+        const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
+        if (dx * dx + dy * dy + dz * dz < rsq_max) {
+          hop[j] = k + 1;
+          next_frontier.push_back(j);
+        }
+      }
+    }
+    frontier.swap(next_frontier);
+  }
+
+  // renumbering: new index of every kept atom (-1: dropped), and back
+  new_index.assign(nall, -1);
+  kept.clear();
+  for (int i = 0; i < nall; i++)
+    if (hop[i] <= num_layers) {
+      new_index[i] = (int) kept.size();
+      kept.push_back(i);
+    }
+  const int nkept = (int) kept.size();
+
+  // ---- edges i->j with centre i within L-1 hops (owned and ghost centres) ----
   edge_src.clear();
   edge_dst.clear();
   for (int ii = 0; ii < ntotal; ii++) {
     const int i = ilist[ii];
+    if (hop[i] >= num_layers) continue;
     const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
     const int *jlist = firstneigh[i];
     const int jnum = numneigh[i];
+    const int64_t ni = new_index[i];
     for (int jj = 0; jj < jnum; jj++) {
       const int j = jlist[jj] & NEIGHMASK;
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
       if (dx * dx + dy * dy + dz * dz < rsq_max) {
-        edge_src.push_back(i);
-        edge_dst.push_back(j);
+        edge_src.push_back(ni);
+        edge_dst.push_back(new_index[j]);    // j is within L hops, so kept
       }
     }
   }
   const int64_t nedges = (int64_t) edge_src.size();
 
+  // ---- species and positions (model dtype) of the kept atoms ----
+  species_buf.resize(nkept);
+  for (int k = 0; k < nkept; k++) species_buf[k] = type2species[type[kept[k]]];
+
   auto i64 = torch::TensorOptions().dtype(torch::kInt64);
   torch::Tensor pos;
   if (ts->dtype == torch::kFloat64) {
-    pos_d.resize(3 * (size_t) nall);
-    for (int i = 0; i < nall; i++)
-      for (int k = 0; k < 3; k++) pos_d[3 * i + k] = x[i][k];
-    pos = torch::from_blob(pos_d.data(), {nall, 3}, torch::TensorOptions().dtype(torch::kFloat64));
+    pos_d.resize(3 * (size_t) nkept);
+    for (int k = 0; k < nkept; k++)
+      for (int d = 0; d < 3; d++) pos_d[3 * k + d] = x[kept[k]][d];
+    pos = torch::from_blob(pos_d.data(), {nkept, 3}, torch::TensorOptions().dtype(torch::kFloat64));
   } else {
     // float32: positions relative to the first owned atom (the model is
     // translation invariant), so edge vectors keep float32 precision even
     // far from the origin of a large box
     const double o[3] = {x[0][0], x[0][1], x[0][2]};
-    pos_f.resize(3 * (size_t) nall);
-    for (int i = 0; i < nall; i++)
-      for (int k = 0; k < 3; k++) pos_f[3 * i + k] = (float) (x[i][k] - o[k]);
-    pos = torch::from_blob(pos_f.data(), {nall, 3}, torch::TensorOptions().dtype(torch::kFloat32));
+    pos_f.resize(3 * (size_t) nkept);
+    for (int k = 0; k < nkept; k++)
+      for (int d = 0; d < 3; d++) pos_f[3 * k + d] = (float) (x[kept[k]][d] - o[d]);
+    pos = torch::from_blob(pos_f.data(), {nkept, 3}, torch::TensorOptions().dtype(torch::kFloat32));
   }
   // copies: the model must not see (or keep) pointers into our buffers
   pos = pos.to(ts->device, /*non_blocking=*/false, /*copy=*/true);
-  torch::Tensor species = torch::from_blob(species_buf.data(), {nall}, i64).to(ts->device, false, true);
+  torch::Tensor species = torch::from_blob(species_buf.data(), {nkept}, i64).to(ts->device, false, true);
   torch::Tensor edge_index = torch::empty({2, nedges}, i64);
   if (nedges > 0) {
     std::memcpy(edge_index.data_ptr<int64_t>(), edge_src.data(), nedges * sizeof(int64_t));
@@ -502,22 +550,23 @@ void PairForcefield::compute(int eflag, int vflag)
 
   auto cpu64 = torch::TensorOptions().dtype(torch::kFloat64).device(torch::kCPU);
   forces = forces.detach().to(cpu64).contiguous();
-  if (forces.dim() != 2 || forces.size(0) != nall || forces.size(1) != 3)
+  if (forces.dim() != 2 || forces.size(0) != nkept || forces.size(1) != 3)
     error->one(FLERR, "pair_style forcefield: model returned forces of wrong shape (expected [" +
-                          std::to_string(nall) + ", 3])");
+                          std::to_string(nkept) + ", 3])");
 
   const double *fm = forces.data_ptr<double>();
-  for (int i = 0; i < nall; i++) {
-    f[i][0] += fm[3 * i + 0];
-    f[i][1] += fm[3 * i + 1];
-    f[i][2] += fm[3 * i + 2];
+  for (int k = 0; k < nkept; k++) {
+    const int i = kept[k];
+    f[i][0] += fm[3 * k + 0];
+    f[i][1] += fm[3 * k + 1];
+    f[i][2] += fm[3 * k + 2];
   }
 
   if (eflag_global) eng_vdwl += energy.detach().to(cpu64).item<double>();
 
   if (eflag_atom) {
     node_energy = node_energy.detach().to(cpu64).contiguous();
-    if (node_energy.dim() != 1 || node_energy.size(0) != nall)
+    if (node_energy.dim() != 1 || node_energy.size(0) != nkept)
       error->one(FLERR, "pair_style forcefield: model returned node_energy of wrong shape");
     const double *em = node_energy.data_ptr<double>();
     for (int i = 0; i < nlocal; i++) eatom[i] += em[i];

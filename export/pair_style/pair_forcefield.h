@@ -61,6 +61,10 @@ class PairForcefield : public Pair {
   std::vector<float> pos_f;
   std::vector<int64_t> species_buf;
   std::vector<int64_t> edge_src, edge_dst;
+  std::vector<int> hop;                       // hops from the nearest owned atom
+  std::vector<int> frontier, next_frontier;   // breadth-first search over edges < r_max
+  std::vector<int> new_index;                 // LAMMPS index -> model index (-1: not sent)
+  std::vector<int> kept;                      // model index -> LAMMPS index
 };
 
 }    // namespace LAMMPS_NS
