@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from model_utils import energy_of, evaluate, fcc_cu, make_model, molecule, rel_err, triclinic_cell
+from model_utils import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 H = 1e-5
 

@@ -14,6 +14,7 @@ from ase.io import read
 
 from forcefield import ForceFieldCalculator
 from model_utils import R_MAX, evaluate, fcc_cu, make_model
+from model_utils import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 ETHANOL = Path(__file__).resolve().parents[2] / "shared/data/ethanol/train.xyz"
 
@@ -82,6 +83,22 @@ def _assert_work_matches(e: np.ndarray, f_moving: np.ndarray, h: float):
     assert np.max(np.abs(residual)) < 1e-3 * h * max(np.max(np.abs(f_moving)), 1e-3)
 
 
+def _envelope(r, r_max=R_MAX, p=6):
+    x = r / r_max
+    u = 1 - (p + 1) * (p + 2) / 2 * x ** p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
+    return np.where(x < 1, u, 0.0)
+
+
+def _single_neighbour_d(r, tau):
+    with np.errstate(divide="ignore"):
+        return r - tau * np.log(_envelope(r))
+
+
+def _reference_switch(d, r_on, r_off):
+    x = np.clip((d - r_on) / (r_off - r_on), 0.0, 1.0)
+    return 1 - x ** 3 * (10 - 15 * x + 6 * x ** 2)
+
+
 def test_dimer_pulled_apart(model):
     h = 1e-3
     distances = np.arange(0.5 * R_MAX, 1.2 * R_MAX + h / 2, h)
@@ -98,16 +115,23 @@ def test_dimer_pulled_apart(model):
     _assert_work_matches(e, f[:, 1, 0], h)
     assert np.all(f[:, :, 1:] == 0.0)                    # along the bond only
     assert np.allclose(f[:, 0], -f[:, 1], rtol=0, atol=1e-12)
-    # the switch: 1 at short range, 0 well before r_max, monotone in between
-    assert np.all(s[distances < 0.55 * R_MAX] == 1.0)
-    assert np.all(s[distances > 0.9 * R_MAX] == 0.0)
+    # the switch against an independent evaluation of DESIGN.md §3 for one neighbour:
+    # d = r - tau log u(r), s = S((d - r_on) / (r_off - r_on))
+    sw = model.switch
+    d = _single_neighbour_d(distances, sw.tau)
+    assert np.allclose(s[:, 0], _reference_switch(d, sw.r_on, sw.r_off), rtol=0, atol=1e-12)
+    assert np.all(s[d <= sw.r_on - 1e-9] == 1.0) and (d <= sw.r_on - 1e-9).sum() > 100
+    assert np.all(s[d >= sw.r_off + 1e-9] == 0.0) and (d >= sw.r_off + 1e-9).sum() > 100
     assert np.all(np.diff(s[:, 0]) <= 0)
     # exactly the sum of E0 and exactly no force once the atoms no longer see each other
     far = distances >= R_MAX
     assert np.all(np.abs(e[far] - e0_sum) <= 1e-12 * abs(e0_sum))
     assert np.all(f[far] == 0.0)
-    # ... and already from r_off (0.9 r_max) on, where both switches are 0
-    off = distances > 0.9 * R_MAX + 0.05
+    # ... and already before r_max, where both switches are 0 (d >= r_off), though the atoms
+    # still see each other: E = E0 exactly; only the envelope's tail is left in the force,
+    # i.e. none, since E no longer depends on r
+    off = (d >= sw.r_off + 1e-9) & (distances < R_MAX)
+    assert off.sum() > 10
     assert np.all(np.abs(e[off] - e0_sum) <= 1e-12 * abs(e0_sum))
     assert np.max(np.abs(f[off])) <= 1e-12
 
@@ -151,8 +175,13 @@ def test_atom_pulled_out_of_cu13(model):
     e_sep = e_rest + _e0(model, "Cu")
     assert np.all(np.abs(e[far] - e_sep) <= 1e-12 * abs(e_sep))
     assert np.all(f_along[far][:, k] == 0.0)
-    assert np.all(s_moving[min_dist < 0.55 * R_MAX] == 1.0)
-    assert np.all(s_moving[min_dist > 0.9 * R_MAX] == 0.0)
+    # the pulled atom's switch: 1 while it is near the cluster, 0 before it leaves
+    # (a soft minimum over several neighbours is at most the single-neighbour d)
+    sw = model.switch
+    assert np.all(s_moving[_single_neighbour_d(min_dist, sw.tau) <= sw.r_on - 1e-9] == 1.0)
+    assert np.all(s_moving[min_dist >= R_MAX] == 0.0)
+    assert np.sum((s_moving == 0.0) & (min_dist < R_MAX)) > 5
+    assert np.sum((s_moving > 0.0) & (s_moving < 1.0)) > 20
 
 
 def test_continuity_checks_catch_a_hard_cutoff(model, monkeypatch):

@@ -12,6 +12,7 @@ from ase import Atoms
 
 from forcefield.data.graph import atoms_to_graph, collate
 from model_utils import R_MAX, make_model
+from model_utils import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 CASES = {
     "isolated_atom": Atoms("Cu", positions=[[0.1, 0.2, 0.3]]),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from model_utils import evaluate, make_model, molecule, random_rotation, rel_err, triclinic_cell
+from model_utils import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 TOL = 1e-10
 
