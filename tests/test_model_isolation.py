@@ -144,7 +144,7 @@ def test_atom_pulled_out_of_cu13(model):
     k = 1
     direction = (cluster.positions[k] - centre) / np.linalg.norm(cluster.positions[k] - centre)
     r0 = np.linalg.norm(cluster.positions[k] - centre)
-    h = 5e-3   # 1100 frames of 13 atoms (the dimer test uses 1e-3 Å)
+    h = 2e-3   # 2800 frames of 13 atoms (the dimer test uses 1e-3 Å)
     radii = np.arange(r0, r0 + R_MAX + 0.6, h)
     frames = []
     for r in radii:
