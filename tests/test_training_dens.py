@@ -221,6 +221,11 @@ def test_dens_loss_trains_encoder_and_head(graphs):
 
 # ----------------------------------------------------------------- equivariance
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
+
+
 def _random_rotation(seed: int, improper: bool = False) -> torch.Tensor:
     torch.manual_seed(seed)
     R = o3.rand_matrix(dtype=F64)
@@ -265,10 +270,11 @@ def test_dens_forward_invariant_energy_equivariant_noise(graphs, improper):
         noise = head(out["penultimate"], out["edge_sh"], out["edge_radial"], b["edge_index"], b["noise_mask"])
         results.append((parts, out, noise))
     (p0, o0, n0), (p1, o1, n1) = results
-    torch.testing.assert_close(o1["energy"], o0["energy"], rtol=1e-12, atol=1e-9)
-    torch.testing.assert_close(o1["forces"], o0["forces"] @ R.T, rtol=1e-9, atol=1e-9)
     m = batch["noise_mask"]
-    torch.testing.assert_close(n1[m], n0[m] @ R.T, rtol=1e-9, atol=1e-10)
+    assert rel_err(o1["energy"], o0["energy"]) < 1e-12
+    assert rel_err(o1["forces"], o0["forces"] @ R.T) < 1e-9
+    assert rel_err(n1[m], n0[m] @ R.T) < 1e-9
+    assert float(n0[m].detach().abs().max()) > 1e-3
     for k in p0:
         assert p1[k] == pytest.approx(p0[k], rel=1e-9)
 

@@ -13,8 +13,8 @@ ETHANOL = DATA / "ethanol" / "train.xyz"
 ETHANOL_E0 = DATA / "ethanol" / "isolated_atoms.xyz"
 SPECIES = ["H", "C", "O"]
 
-TINY_MODEL = {"species": SPECIES, "r_max": 4.0, "num_layers": 2, "channels": 4, "lmax": 1,
-              "num_basis": 4, "radial_hidden": 8, "dtype": "float64"}
+TINY_MODEL = {"species": SPECIES, "r_max": 5.0, "num_layers": 2, "channels": 4, "lmax": 1,
+              "num_basis": 8, "radial_hidden": 8, "dtype": "float64"}
 
 
 def ethanol_atoms(n: int = 20, start: int = 0) -> list:

@@ -279,9 +279,14 @@ class Trainer:
                     bar.update(task, status=f"valid E {row['valid_energy_mae']:.2f} meV/atom  "
                                             f"F {row['valid_forces_mae']:.1f} meV/Å")
         except KeyboardInterrupt:
-            self._save(best=False)
-            self._log(f"[yellow]interrupted: state saved to {self.out / 'last.ckpt'} "
-                      "(continue with --resume)[/yellow]")
+            # last.ckpt already holds the state at the end of the last completed epoch; the
+            # state of a half-done epoch is not saved, since resuming from it would repeat its
+            # first batches with a fresh shuffle and break the exact continuation
+            if (self.out / "last.ckpt").is_file():
+                self._log(f"[yellow]interrupted: {self.out / 'last.ckpt'} holds the last completed "
+                          "epoch (continue with --resume)[/yellow]")
+            else:
+                self._log("[yellow]interrupted before the first epoch ended: nothing to resume[/yellow]")
             raise
         return self.rows[-1] if self.rows else {}
 
