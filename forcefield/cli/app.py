@@ -76,7 +76,8 @@ def train(
     output: Path = typer.Option(Path("run"), "--output", "-o", help="Output folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last.ckpt."),
 ) -> None:
-    """Train a model: writes best.ckpt, last.ckpt, metrics.csv, config.yaml and plots into OUTPUT."""
+    """Train a model: writes best.ckpt, last.ckpt, metrics.csv, config.yaml and plots into OUTPUT
+    (and test_metrics.json when data.test is set)."""
     _quiet_warnings()
     from forcefield.training.config import load_config
     from forcefield.training.trainer import train as run_training
@@ -85,6 +86,11 @@ def train(
     row = trainer.rows[-1] if trainer.rows else {}
     typer.echo(f"trained {trainer.epoch} epochs; valid energy MAE {row.get('valid_energy_mae', float('nan')):.3f} "
                f"meV/atom, forces MAE {row.get('valid_forces_mae', float('nan')):.2f} meV/Å")
+    if trainer.test_metrics:
+        t = trainer.test_metrics
+        typer.echo(f"test ({t['n_structures']} structures): energy MAE {t.get('energy_mae', float('nan')):.3f} "
+                   f"meV/atom, forces MAE {t.get('forces_mae', float('nan')):.2f} meV/Å "
+                   f"-> {Path(output) / 'test_metrics.json'}")
     typer.echo(str((Path(output) / "best.ckpt").resolve()))
 
 

@@ -96,6 +96,7 @@ class Trainer:
         self.best = math.inf
         self.rows: List[Dict[str, float]] = []
         self.elapsed = 0.0
+        self.test_metrics: Optional[Dict[str, float]] = None
         if resume_ckpt is not None:
             self._load_state(resume_ckpt)
 
@@ -178,7 +179,7 @@ class Trainer:
         order = self.rng.permutation(len(self.train_graphs))
         batches = [order[k:k + tr.batch_size] for k in range(0, len(order), tr.batch_size)]
         sums: Dict[str, float] = {}
-        n = 0
+        counts: Dict[str, int] = {}  # a part (dens, stress) is averaged over the batches that have it
         self.model.train()
         t_last = time.perf_counter()
         coef = 0.0
@@ -195,18 +196,17 @@ class Trainer:
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            for k, v in parts.items():
+            for k, v in (("loss", float(loss.detach())), *parts.items()):
                 sums[k] = sums.get(k, 0.0) + v
-            n += 1
+                counts[k] = counts.get(k, 0) + 1
             now = time.perf_counter()
             self.elapsed += now - t_last
             t_last = now
             if bar is not None:
-                bar.update(task, advance=len(idx), description=f"epoch {self.epoch + 1} loss {sums['loss'] / n:.4g}")
+                bar.update(task, advance=len(idx), description=f"epoch {self.epoch + 1} loss {sums['loss'] / counts['loss']:.4g}")
             if tr.max_time and self.elapsed >= tr.max_time:
                 break
-        out = {f"train_{k}_loss" if k != "loss" else "train_loss": v / max(n, 1) for k, v in sums.items()}
+        out = {f"train_{k}_loss" if k != "loss" else "train_loss": v / counts[k] for k, v in sums.items()}
         out["dens_coefficient"] = coef
         return out
 
@@ -288,7 +288,19 @@ class Trainer:
             else:
                 self._log("[yellow]interrupted before the first epoch ended: nothing to resume[/yellow]")
             raise
+        if self.data.test and (self.out / "best.ckpt").is_file():
+            self.test_metrics = self.evaluate_test()
         return self.rows[-1] if self.rows else {}
+
+    def evaluate_test(self) -> Dict[str, float]:
+        """Errors of best.ckpt on data.test (DESIGN.md §5.1 units), written to test_metrics.json."""
+        import json
+
+        from forcefield.evaluation import evaluate
+        d = self.cfg.data
+        metrics, _ = evaluate(self.out / "best.ckpt", d.test, d.energy_key, d.forces_key, d.stress_key)
+        write_text(json.dumps(metrics, indent=2) + "\n", self.out / "test_metrics.json")
+        return metrics
 
 
 def train(cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False) -> Trainer:
