@@ -14,6 +14,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+import torch
 import yaml
 from ase.calculators.singlepoint import SinglePointCalculator
 from typer.testing import CliRunner
@@ -25,6 +26,14 @@ from training_helpers import ETHANOL_E0, TINY_MODEL, write_ethanol
 runner = CliRunner()
 COMMANDS = ["template", "train", "evaluate", "export", "lammps-plugin", "demo"]
 PNG = b"\x89PNG\r\n\x1a\n"
+
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    """training.num_threads sets torch's global thread count: give other modules theirs back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
 
 
 def invoke(*args):

@@ -21,6 +21,14 @@ R_MAX = TINY_MODEL["r_max"]
 F64 = torch.float64
 WEIGHTS = {"energy": 1.0, "forces": 10.0, "stress": 1.0}
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    """training.num_threads sets torch's global thread count: give other modules theirs back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 
 def loss(model, batch, encoder=None, head=None, coefficient=5.0):
     """batch_loss without the double-backward graph (nothing here is back-propagated)."""

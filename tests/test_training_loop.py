@@ -15,6 +15,14 @@ from forcefield.training.config import load_config
 from forcefield.training.trainer import Trainer
 from training_helpers import tiny_config, write_ethanol
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_torch_threads():
+    """training.num_threads sets torch's global thread count: give other modules theirs back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 
 def test_loss_decreases_on_ethanol(tmp_path):
     train = write_ethanol(tmp_path / "train.xyz", n=20)
