@@ -326,3 +326,16 @@ def test_trainer_dens_disabled_matches_dens_never_selected(tmp_path):
     assert losses[0] == losses[1]
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_terms_without_any_selected_atom_are_left_out(graphs):
+    """Denoising-only regime, every structure a DeNS sample: no energy or force term at all
+    (not a zero that would drag the epoch averages down); the loss is the noise term alone."""
+    model = tiny_model()
+    encoder, head = dens_modules(model)
+    batch = dens_batch(graphs, energy_loss=False, uncorrupted_force_loss=False)
+    total, parts, _ = batch_loss(model, batch, WEIGHTS, encoder, head, 5.0)
+    assert set(parts) == {"dens"}
+    assert float(total.detach()) == pytest.approx(5.0 * parts["dens"], rel=1e-12)
+    total.backward()
+    assert any(p.grad is not None for p in head.parameters())

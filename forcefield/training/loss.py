@@ -38,16 +38,22 @@ def batch_loss(model: nn.Module, batch: Dict[str, torch.Tensor], weights: Dict[s
     n_atoms = batch["num_atoms"].to(out["energy"].dtype)
     parts: Dict[str, torch.Tensor] = {}
     total = torch.zeros((), dtype=out["energy"].dtype, device=out["energy"].device)
+    # a term whose mask selects nothing in this batch (e.g. stress when every periodic structure
+    # is a DeNS sample) is left out of `parts`, so that epoch averages are over real values
     if "energy" in batch and weights.get("energy", 0.0) > 0:
-        err = (out["energy"] - batch["energy"]) / n_atoms / sigma
-        parts["energy"] = _masked_mse(err, batch.get("energy_mask", torch.ones_like(err, dtype=torch.bool)))
-        total = total + weights["energy"] * parts["energy"]
+        emask = batch.get("energy_mask", torch.ones(n_graphs, dtype=torch.bool, device=n_atoms.device))
+        if bool(emask.any()):
+            err = (out["energy"] - batch["energy"]) / n_atoms / sigma
+            parts["energy"] = _masked_mse(err, emask)
+            total = total + weights["energy"] * parts["energy"]
     if "forces" in batch and weights.get("forces", 0.0) > 0:
-        err = (out["forces"] - batch["forces"]) / sigma
-        fmask = batch.get("force_mask", torch.ones(err.shape[0], dtype=torch.bool, device=err.device))
-        parts["forces"] = _masked_mse(err, fmask)
-        total = total + weights["forces"] * parts["forces"]
-    if want_stress:
+        fmask = batch.get("force_mask", torch.ones(out["forces"].shape[0], dtype=torch.bool,
+                                                   device=n_atoms.device))
+        if bool(fmask.any()):
+            err = (out["forces"] - batch["forces"]) / sigma
+            parts["forces"] = _masked_mse(err, fmask)
+            total = total + weights["forces"] * parts["forces"]
+    if want_stress and bool(batch["stress_mask"].any()):
         volume = batch["volume"].clamp(min=1e-12)
         pred = -out["virial"] / volume.view(-1, 1, 1)
         err = (pred - batch["stress"]) * (volume / n_atoms).view(-1, 1, 1) / sigma
