@@ -21,8 +21,8 @@ PIP="$VENV/bin/python -m pip"
 $PIP install --upgrade pip
 # torch first, pinned: anything unpinned would pull a multi-GB CUDA build
 $PIP install ${TORCH_PIP_ARGS:-} torch==2.13.0
-# this package (e3nn 0.6.0, ase, vesin, ...)
-$PIP install -c constraints.txt -e .
+# this package (e3nn 0.6.0, ase, vesin, ...) and pytest, to check that its tests still pass here
+$PIP install -c constraints.txt -e ".[test]"
 # NequIP (e3nn >=0.6,<0.7: same e3nn as ours)
 $PIP install -c constraints.txt nequip
 # MACE without its e3nn==0.4.4 pin, then its remaining runtime dependencies
