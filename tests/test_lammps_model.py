@@ -51,12 +51,14 @@ TRAJ_STEPS = 100
 
 
 def lammps_run(workdir: Path, deck: str, plugin: Path, np_: int = 1, mpirun: bool = False,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+               timeout: float = 600, extra_env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     """Run `deck` in `workdir` (under mpirun when np_ > 1 or mpirun); stdout+stderr in .stdout."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "in.lammps").write_text(deck)
     env = {**os.environ, **ffplugin.lammps_env(plugin), "OMP_NUM_THREADS": "1"}
     env.pop("LAMMPS_PLUGIN_PATH", None)  # the deck loads the plugin explicitly
+    env.pop("FORCEFIELD_DUMP_INPUTS", None)
+    env.update(extra_env or {})
     cmd = [ffplugin.lmp_executable(), "-in", "in.lammps", "-log", "log.lammps", "-nocite"]
     if np_ > 1 or mpirun:
         cmd = [ffplugin.mpirun_executable(), "-np", str(np_)] + cmd
@@ -231,6 +233,40 @@ run 0
     np.testing.assert_allclose(rows[:, 1:4], ref["forces"], rtol=0, atol=2e-4)
     # and close to the float64 export of the same weights
     np.testing.assert_allclose(rows[:, 1:4], ref64["forces"], rtol=0, atol=2e-3)
+
+
+def test_pair_style_sends_only_the_receptive_field(bulk_case, random_models, plugin_path, tmp_path):
+    """FORCEFIELD_DUMP_INPUTS saves what the pair style passes to the model: the owned atoms
+    first, then only the ghosts within num_layers hops, edges shorter than r_max centred
+    within num_layers - 1 hops; the module gives LAMMPS' energy on them."""
+    d, atoms = bulk_case
+    (tmp_path / "data.lmp").write_bytes((d / "data.lmp").read_bytes())
+    text = header(plugin_path, random_models["f64"]) + """thermo_style custom step pe
+thermo_modify format float %.17g
+run 0
+"""
+    stdout = ok(lammps_run(tmp_path, text, plugin_path, extra_env={"FORCEFIELD_DUMP_INPUTS": str(tmp_path / "in.pt")}))
+    pos, species, edge_index, shifts, n_local = torch.load(tmp_path / "in.pt")
+    n = len(atoms)
+    nghost = int(re.search(r"Nghost:\s+(\d+)", stdout).group(1))
+    assert n_local == n and n < pos.shape[0] < n + nghost
+    # the owned atoms come first (in LAMMPS' order, spatially sorted)
+    sent = np.column_stack([pos[:n].numpy(), species[:n].numpy()])
+    ref = np.column_stack([atoms.positions, [SPECIES.index(s) for s in atoms.get_chemical_symbols()]])
+    np.testing.assert_allclose(sent[np.lexsort(sent.T)], ref[np.lexsort(ref.T)], rtol=0, atol=1e-12)
+    assert torch.all(shifts == 0)
+    vec = pos[edge_index[1]] - pos[edge_index[0]]
+    assert float(vec.norm(dim=1).max()) < R_MAX
+    # hops from the owned atoms along the edges: every atom sent within 2, every centre within 1
+    hop = torch.full((pos.shape[0],), 9)
+    hop[:n] = 0
+    for k in range(2):
+        src = edge_index[1][hop[edge_index[0]] == k]
+        hop[src[hop[src] > k + 1]] = k + 1
+    assert int(hop.max()) == 2 and int(hop[edge_index[0]].max()) == 1
+    module, _ = load_exported(random_models["f64"])
+    energy = float(module(pos, species, edge_index, shifts, n_local)[0])
+    assert abs(energy - parse_thermo(stdout)[0]["PotEng"]) < 1e-10
 
 
 # --------------------------------------------------------------------------- MPI

@@ -40,6 +40,7 @@
 #include <mpi.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -98,7 +99,7 @@ std::string first_line(const std::string &s)
 
 PairForcefield::PairForcefield(LAMMPS *lmp) :
     Pair(lmp), ts(new ForcefieldTorchState), model_loaded(false), r_max(0.0),
-    num_layers(0), type2species(nullptr)
+    num_layers(0), type2species(nullptr), inputs_dumped(false)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -524,6 +525,26 @@ void PairForcefield::compute(int eflag, int vflag)
   inputs.emplace_back(edge_index);
   inputs.emplace_back(shifts);
   inputs.emplace_back((int64_t) nlocal);
+
+  // debugging / benchmarking: FORCEFIELD_DUMP_INPUTS=file saves the model inputs of the
+  // first evaluation (torch.load(file) -> (pos, species, edge_index, shifts, n_local));
+  // ranks other than 0 write file.rank<N>
+  if (!inputs_dumped) {
+    inputs_dumped = true;
+    const char *dump = std::getenv("FORCEFIELD_DUMP_INPUTS");
+    if (dump && *dump) {
+      std::string fname = dump;
+      if (comm->me > 0) fname += ".rank" + std::to_string(comm->me);
+      auto cpu = [](const torch::Tensor &t) { return t.to(torch::kCPU); };
+      auto tuple = c10::ivalue::Tuple::create(
+          {cpu(pos), cpu(species), cpu(edge_index), cpu(shifts), c10::IValue((int64_t) nlocal)});
+      std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(tuple));
+      std::ofstream out(fname, std::ios::binary);
+      out.write(bytes.data(), (std::streamsize) bytes.size());
+      if (!out.good())
+        error->one(FLERR, "pair_style forcefield: cannot write FORCEFIELD_DUMP_INPUTS file '" + fname + "'");
+    }
+  }
 
   // the model differentiates its energy inside forward(): make sure autograd
   // is on even if LAMMPS is driven from Python under torch.no_grad()

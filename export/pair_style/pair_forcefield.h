@@ -55,6 +55,7 @@ class PairForcefield : public Pair {
   std::string dtype_name;                    // "float32" or "float64"
 
   int *type2species;    // atom type (1..ntypes) -> index into model_species
+  bool inputs_dumped;   // FORCEFIELD_DUMP_INPUTS handled (first evaluation only)
 
   // per-step host buffers, kept to avoid reallocation
   std::vector<double> pos_d;
