@@ -3,7 +3,7 @@
 Trains the same model (same seed, same data split, same budget) three times:
 
   off        dens.enabled: false                        (plain energy + force training)
-  paper      DeNS defaults: noise loss + force loss on the uncorrupted atoms
+  paper      DeNS as in the paper: noise loss + force loss on the uncorrupted atoms
              + energy loss of the DeNS samples against the original energy
   denoise    DeNS with only the noise-prediction loss on DeNS samples
              (dens.energy_loss: false, dens.uncorrupted_force_loss: false)
@@ -39,7 +39,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ethanol"
 
 REGIMES = {
     "off": {"enabled": False},
-    "paper": {"enabled": True},
+    "paper": {"enabled": True, "energy_loss": True, "uncorrupted_force_loss": True},
     "denoise": {"enabled": True, "energy_loss": False, "uncorrupted_force_loss": False},
 }
 REGIME_TEXT = {

@@ -53,7 +53,8 @@ def dens_modules(model: ForceField, seed: int = 1):
 
 
 def dens_batch(graphs, seed: int = 1, **dens) -> dict:
-    cfg = DensConfig(**{"prob": 1.0, "corrupt_ratio": 0.3, "std": 0.05, **dens})
+    cfg = DensConfig(**{"enabled": True, "energy_loss": True, "uncorrupted_force_loss": True,
+                        "prob": 1.0, "corrupt_ratio": 0.3, "std": 0.05, **dens})
     return make_batch(graphs, SPECIES, R_MAX, F64, "cpu", np.random.default_rng(seed), cfg)
 
 
@@ -300,7 +301,7 @@ def test_dens_disabled_equals_plain_training(graphs):
              None, None),
             (make_batch(graphs, SPECIES, R_MAX, F64, "cpu"), None, None),
             # DeNS on but no structure selected: the encoder and head are never used
-            (make_batch(graphs, SPECIES, R_MAX, F64, "cpu", np.random.default_rng(0), DensConfig(prob=0.0)),
+            (make_batch(graphs, SPECIES, R_MAX, F64, "cpu", np.random.default_rng(0), DensConfig(enabled=True, prob=0.0)),
              encoder, head)):
         value, parts, _ = loss(model, batch, enc, hd)
         assert float(value.detach()) == float(ref.detach())

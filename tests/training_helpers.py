@@ -44,7 +44,8 @@ def tiny_config(train: Path, **sections) -> dict:
     base = {
         "data": {"train": str(train), "valid": 0.25, "isolated_atoms": str(ETHANOL_E0)},
         "model": dict(TINY_MODEL),
-        "dens": {"enabled": True, "prob": 0.5},
+        # the paper's regime (every DeNS loss term on), so the tests exercise all of them
+        "dens": {"enabled": True, "prob": 0.5, "energy_loss": True, "uncorrupted_force_loss": True},
         "training": {"max_epochs": 2, "batch_size": 4, "lr": 0.01, "seed": 0, "device": "cpu",
                      "num_threads": 1},
     }

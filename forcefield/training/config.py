@@ -27,16 +27,22 @@ class DataConfig(BaseModel):
 
 
 class DensConfig(BaseModel):
+    """DeNS (DESIGN.md §4). Defaults follow bench/accuracy.py (rMD17 ethanol, 2 seeds x 30
+    epochs, 1 seed x 60 epochs, equal epochs): plain training gave the lowest force MAE;
+    DeNS with only the denoising loss was 2-4% behind it and the paper's regime (energy and
+    uncorrupted-force losses of DeNS samples against the original labels) 16-17% behind.
+    So DeNS is off by default and, when enabled, runs the denoising-only regime; the
+    paper's regime is two switches away (energy_loss, uncorrupted_force_loss)."""
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
+    enabled: bool = False
     prob: float = Field(0.25, ge=0, le=1, description="fraction of structures that become DeNS samples")
     corrupt_ratio: float = Field(0.25, gt=0, le=1, description="fraction of atoms displaced in a DeNS sample")
     std: float = Field(0.05, gt=0, description="noise std, Å")
     std_range: Optional[Tuple[float, float]] = Field(
         None, description="if set, per-structure std drawn log-uniformly in [lo, hi] Å")
     coefficient: float = Field(5.0, ge=0, description="weight of the denoising loss")
-    energy_loss: bool = True
-    uncorrupted_force_loss: bool = True
+    energy_loss: bool = Field(False, description="energy loss of DeNS samples against the original energy")
+    uncorrupted_force_loss: bool = Field(False, description="force loss on the undisplaced atoms of DeNS samples")
     decay: bool = Field(True, description="linear decay of the coefficient to 0 over training")
 
 
@@ -141,14 +147,15 @@ model:
     r_off: null               # s = 0 above it (default r_max)
 
 dens:                         # denoising non-equilibrium structures (training only)
-  enabled: true
+  enabled: false              # off by default: see bench/README.md (it did not beat plain
+                              # training on ethanol at our budgets); true = denoising-only
   prob: 0.25                  # fraction of structures that become DeNS samples
   corrupt_ratio: 0.25         # fraction of their atoms displaced
   std: 0.05                   # Gaussian noise std, Å
   std_range: null             # [lo, hi]: per-structure std drawn log-uniformly instead
   coefficient: 5.0            # weight of the noise-prediction loss
-  energy_loss: true           # energy loss of DeNS samples against the original energy
-  uncorrupted_force_loss: true  # force loss on their undisplaced atoms
+  energy_loss: false          # true: energy loss of DeNS samples against the original energy
+  uncorrupted_force_loss: false  # true: force loss on their undisplaced atoms (paper's regime)
   decay: true                 # coefficient decays linearly to 0 over training
 
 training:
