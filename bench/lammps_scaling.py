@@ -47,6 +47,8 @@ def main(argv=None) -> None:
     ap.add_argument("--r-max", type=float, default=5.0)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mem-limit-gb", type=float, default=None,
+                    help="address-space limit for LAMMPS (fail cleanly instead of the OOM killer)")
     ap.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
 
@@ -67,7 +69,7 @@ def main(argv=None) -> None:
             steps = args.steps or default_steps(n)
             t = time.perf_counter()
             log = run_lammps(d, lammps_deck(model_path.resolve(), args.warmup, steps, args.skin), args.threads,
-                             nprocs=args.nprocs, dump_inputs=d / "inputs.pt")
+                             nprocs=args.nprocs, dump_inputs=d / "inputs.pt", mem_limit_gb=args.mem_limit_gb)
             wall = time.perf_counter() - t
             info = {}
             if args.nprocs == 1:  # what the pair style sent to the model (rank 0)

@@ -245,7 +245,9 @@ def test_pair_style_sends_only_the_receptive_field(bulk_case, random_models, plu
 thermo_modify format float %.17g
 run 0
 """
-    stdout = ok(lammps_run(tmp_path, text, plugin_path, extra_env={"FORCEFIELD_DUMP_INPUTS": str(tmp_path / "in.pt")}))
+    env = {"FORCEFIELD_DUMP_INPUTS": str(tmp_path / "in.pt"), "FORCEFIELD_TIMING": "1"}
+    stdout = ok(lammps_run(tmp_path, text, plugin_path, extra_env=env))
+    assert re.search(r"pair_style forcefield timing: 1 evaluations, model \S+ s, pair style outside", stdout)
     pos, species, edge_index, shifts, n_local = torch.load(tmp_path / "in.pt")
     n = len(atoms)
     nghost = int(re.search(r"Nghost:\s+(\d+)", stdout).group(1))

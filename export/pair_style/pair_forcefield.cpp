@@ -43,6 +43,7 @@
 #include <malloc.h>
 #endif
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
@@ -113,6 +114,11 @@ bool tune_malloc()
 #endif
 }
 
+double walltime()
+{
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 // first line of a (possibly very long) torch error message
 std::string first_line(const std::string &s)
 {
@@ -126,7 +132,8 @@ std::string first_line(const std::string &s)
 
 PairForcefield::PairForcefield(LAMMPS *lmp) :
     Pair(lmp), ts(new ForcefieldTorchState), model_loaded(false), r_max(0.0),
-    num_layers(0), type2species(nullptr), inputs_dumped(false)
+    num_layers(0), type2species(nullptr), inputs_dumped(false), timing(false), time_model(0.0),
+    time_outside(0.0), ncalls(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -135,6 +142,8 @@ PairForcefield::PairForcefield(LAMMPS *lmp) :
   ghostneigh = 1;                  // neighbours of ghost atoms are needed
   no_virial_fdotr_compute = 1;     // the model returns the virial
   centroidstressflag = CENTROID_NOTAVAIL;
+  const char *t = std::getenv("FORCEFIELD_TIMING");
+  timing = t && *t && std::string(t) != "0";
 }
 
 /* ---------------------------------------------------------------------- */
@@ -428,6 +437,7 @@ double PairForcefield::init_one(int i, int j)
 
 void PairForcefield::compute(int eflag, int vflag)
 {
+  const double t_start = timing ? walltime() : 0.0;
   ev_init(eflag, vflag);
 
   if (vflag_atom || cvflag_atom)
@@ -549,6 +559,7 @@ void PairForcefield::compute(int eflag, int vflag)
   edge_index = edge_index.to(ts->device);
   torch::Tensor shifts = torch::zeros({nedges, 3}, torch::TensorOptions().dtype(ts->dtype).device(ts->device));
 
+  const double t_model0 = timing ? walltime() : 0.0;
   std::vector<torch::jit::IValue> inputs;
   inputs.emplace_back(pos);
   inputs.emplace_back(species);
@@ -590,6 +601,7 @@ void PairForcefield::compute(int eflag, int vflag)
   }
   if (failed)
     error->one(FLERR, "pair_style forcefield: model evaluation failed: " + failure);
+  const double t_model1 = timing ? walltime() : 0.0;
   if (!result.isTuple() || result.toTupleRef().elements().size() != 4)
     error->one(FLERR, "pair_style forcefield: the model must return a tuple of 4 tensors "
                       "(energy, node_energy, forces, virial)");
@@ -631,4 +643,32 @@ void PairForcefield::compute(int eflag, int vflag)
     const double *vm = virial_t.data_ptr<double>();
     for (int k = 0; k < 6; k++) virial[k] += vm[k];
   }
+  if (timing) {
+    const double t_end = walltime();
+    time_model += t_model1 - t_model0;
+    time_outside += (t_model0 - t_start) + (t_end - t_model1);
+    ncalls++;
+  }
+}
+
+/* ----------------------------------------------------------------------
+   FORCEFIELD_TIMING=1: at the end of each run, the time spent in the model's
+   forward() and in the rest of compute() (selection, edges, conversions,
+   force scatter), summed over the run (rank 0)
+------------------------------------------------------------------------- */
+
+void PairForcefield::finish()
+{
+  if (!timing || ncalls == 0) return;
+  if (comm->me == 0)
+  {
+    char line[256];
+    snprintf(line, sizeof(line),
+             "pair_style forcefield timing: %ld evaluations, model %.6f s, pair style outside "
+             "the model %.6f s (%.2f%%)\n",
+             ncalls, time_model, time_outside, time_model > 0 ? 100.0 * time_outside / time_model : 0.0);
+    utils::logmesg(lmp, line);
+  }
+  time_model = time_outside = 0.0;
+  ncalls = 0;
 }

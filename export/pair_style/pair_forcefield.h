@@ -36,6 +36,7 @@ class PairForcefield : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  void finish() override;
 
  protected:
   void allocate();
@@ -56,6 +57,9 @@ class PairForcefield : public Pair {
 
   int *type2species;    // atom type (1..ntypes) -> index into model_species
   bool inputs_dumped;   // FORCEFIELD_DUMP_INPUTS handled (first evaluation only)
+  bool timing;          // FORCEFIELD_TIMING set: time the model and the rest of compute()
+  double time_model, time_outside;
+  long ncalls;
 
   // per-step host buffers, kept to avoid reallocation
   std::vector<double> pos_d;
