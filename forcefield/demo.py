@@ -28,7 +28,7 @@ class DemoSettings:
     def make(cls, quick: bool, train_time: Optional[float]) -> "DemoSettings":
         if quick:
             return cls(train_time or 20.0, 8, 1, 0.4, 200, (2, 4, 3))
-        return cls(train_time or 180.0, 16, 2, 1.0, 2000, (4, 4, 4))
+        return cls(train_time or 180.0, 16, 2, 1.0, 1000, (4, 4, 4))
 
 
 def _say(msg: str) -> None:
