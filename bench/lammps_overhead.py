@@ -327,6 +327,7 @@ def measure_size(n_atoms: int, model_path: Path, meta: dict, args, work: Path, p
     ratio_cpu = statistics.median(r["lammps_cpu"] / r["python_cpu"] for r in rounds)
     sent = {"atoms_sent": int(inputs[0].shape[0]), "edges_sent": int(inputs[2].shape[1])}
     row = {"atoms": n, "steps_per_round": steps, "rounds": len(rounds), **sent,
+           "malloc_tuning": os.environ.get("FORCEFIELD_MALLOC_TUNING") == "1",
            "rebuilt_in_python": rebuilt[5], **periodic[5],
            "lammps_step_s": med["lammps_wall"], "python_call_s": med["python_wall"],
            "lammps_step_cpu_s": med["lammps_cpu"], "python_call_cpu_s": med["python_cpu"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -83,7 +84,7 @@ def main(argv=None) -> None:
                    "us_per_atom_step": 1e6 * step_s / n, **info,
                    "us_per_sent_atom_step": (1e6 * step_s / info["atoms_sent"]) if info else None,
                    "peak_rss_mb_max_so_far": peak_mb, "wall_s": wall, "nprocs": args.nprocs,
-                   "threads": args.threads}
+                   "threads": args.threads, "malloc_tuning": os.environ.get("FORCEFIELD_MALLOC_TUNING") == "1"}
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(f"\nmodel: {args.dtype}, channels {args.channels}, lmax {args.lmax}, {args.num_layers} layers, "
