@@ -360,13 +360,8 @@ def print_table(rows: List[dict]) -> None:
               f"| {1e3 * r['periodic_call_s']:.0f} |")
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000])
-    ap.add_argument("--steps", type=int, default=3, help="MD steps (and Python calls) per round")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5, help="rounds")
-    ap.add_argument("--threads", type=int, default=1)
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """The model and neighbour-skin options shared by the LAMMPS benchmarks."""
     ap.add_argument("--skin", type=float, default=1.0)
     ap.add_argument("--channels", type=int, default=32)
     ap.add_argument("--lmax", type=int, default=2)
@@ -374,6 +369,16 @@ def main(argv=None) -> None:
     ap.add_argument("--r-max", type=float, default=5.0)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--seed", type=int, default=0)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000])
+    ap.add_argument("--steps", type=int, default=3, help="MD steps (and Python calls) per round")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="rounds")
+    ap.add_argument("--threads", type=int, default=1)
+    add_model_args(ap)
     ap.add_argument("--no-periodic", action="store_true", help="skip the ghost-free reference")
     ap.add_argument("--rebuild-every-step", action="store_true",
                     help="rebuild LAMMPS' neighbour lists every step (upper bound of their cost; "

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lammps_overhead import fcc_alloy, lammps_deck, make_export, parse_last_run, run_lammps, write_data  # noqa: E402
+from lammps_overhead import add_model_args, fcc_alloy, lammps_deck, make_export, parse_last_run, run_lammps, write_data  # noqa: E402
 
 
 def default_steps(n: int) -> int:
@@ -41,13 +41,7 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nprocs", type=int, default=1, help="MPI ranks")
-    ap.add_argument("--skin", type=float, default=1.0)
-    ap.add_argument("--channels", type=int, default=32)
-    ap.add_argument("--lmax", type=int, default=2)
-    ap.add_argument("--num-layers", type=int, default=2)
-    ap.add_argument("--r-max", type=float, default=5.0)
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--seed", type=int, default=0)
+    add_model_args(ap)
     ap.add_argument("--mem-limit-gb", type=float, default=None,
                     help="address-space limit for LAMMPS (fail cleanly instead of the OOM killer)")
     ap.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
