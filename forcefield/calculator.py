@@ -56,6 +56,21 @@ def make_runner(model: Union[torch.nn.Module, str, Path]):
     return _EagerRunner(model_from_checkpoint(path))
 
 
+def run_graph(runner, g, periodic: bool) -> Dict[str, object]:
+    """One graph through a runner: energy (float), forces, node_energy (numpy, float64)
+    and, for periodic cells, stress (3,3) in eV/Å^3 (ASE sign convention)."""
+    t = lambda a, dt=runner.dtype: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
+    out = runner(t(g.positions), t(g.species, torch.long), t(g.edge_index, torch.long), t(g.shifts), periodic)
+    res: Dict[str, object] = {
+        "energy": float(out["energy"].detach()),
+        "forces": out["forces"].detach().double().numpy().copy(),
+        "node_energy": out["node_energy"].detach().double().numpy().copy(),
+    }
+    if periodic:
+        res["stress"] = -out["virial"].detach().double().numpy() / abs(np.linalg.det(g.cell))
+    return res
+
+
 class ForceFieldCalculator(Calculator):
     """energy, free_energy, forces, energies (per atom) and, for periodic cells, stress."""
 
@@ -69,17 +84,12 @@ class ForceFieldCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         r = self.runner
         g = atoms_to_graph(self.atoms, r.species, r.r_max)
-        t = lambda a, dt=r.dtype: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
-        periodic = bool(self.atoms.pbc.all())
-        out = r(t(g.positions), t(g.species, torch.long), t(g.edge_index, torch.long), t(g.shifts), periodic)
-        energy = float(out["energy"].detach())
+        out = run_graph(r, g, bool(self.atoms.pbc.all()))
         self.results = {
-            "energy": energy,
-            "free_energy": energy,
-            "forces": out["forces"].detach().double().numpy().copy(),
-            "energies": out["node_energy"].detach().double().numpy().copy(),
+            "energy": out["energy"],
+            "free_energy": out["energy"],
+            "forces": out["forces"],
+            "energies": out["node_energy"],
         }
-        if periodic:
-            virial = out["virial"].detach().double().numpy()
-            stress = -virial / self.atoms.get_volume()
-            self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]].copy()
+        if "stress" in out:
+            self.results["stress"] = out["stress"].flat[[0, 4, 8, 5, 2, 1]].copy()

@@ -7,25 +7,20 @@ from typing import Dict, Tuple, Union
 import numpy as np
 import torch
 
-from forcefield.calculator import make_runner
+from forcefield.calculator import make_runner, run_graph
 from forcefield.data.frames import check_species, frame_location, read_frames
 from forcefield.data.graph import build_graph
 from forcefield.data.split import extract_e0
 
 
-def predict_frames(model, frames):
-    """Per frame: (energy, forces (N,3), stress (3,3) or None) predicted by `model`."""
-    runner = make_runner(model)
+def predict_frames(runner, frames):
+    """Per frame: (energy, forces (N,3), stress (3,3) or None) predicted by a runner
+    (`forcefield.calculator.make_runner`)."""
     out = []
     for f in frames:
         g = build_graph(f.numbers, f.positions, f.cell, f.pbc, runner.species, runner.r_max, frame_location(f))
-        t = lambda a, dt=runner.dtype: torch.as_tensor(np.asarray(a), dtype=dt)  # noqa: E731
-        periodic = bool(np.all(f.pbc))
-        r = runner(t(g.positions), t(g.species, torch.long), t(g.edge_index, torch.long), t(g.shifts), periodic)
-        stress = None
-        if periodic:
-            stress = -r["virial"].detach().double().numpy() / abs(np.linalg.det(f.cell))
-        out.append((float(r["energy"].detach()), r["forces"].detach().double().numpy(), stress))
+        r = run_graph(runner, g, bool(np.all(f.pbc)))
+        out.append((r["energy"], r["forces"], r.get("stress")))
     return out
 
 
@@ -34,9 +29,9 @@ def evaluate(model: Union[torch.nn.Module, str, Path], data: Union[str, Path], e
     """Metrics (DESIGN.md §5.1: energies meV/atom, forces meV/Å, stress meV/Å^3) and the
     reference/predicted arrays for parity plots. Isolated-atom frames are left out."""
     frames = extract_e0(read_frames(data, energy_key, forces_key, stress_key))[0]
-    runner_species = make_runner(model).species
-    check_species(frames, runner_species, data)
-    preds = predict_frames(model, frames)
+    runner = make_runner(model)
+    check_species(frames, runner.species, data)
+    preds = predict_frames(runner, frames)
     e_ref, e_pred, f_ref, f_pred, s_err = [], [], [], [], []
     for f, (e, forces, stress) in zip(frames, preds):
         n = len(f.numbers)

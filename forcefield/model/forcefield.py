@@ -94,20 +94,6 @@ class ForceField(nn.Module):
         cfg.scale = float(self.scale)
         return cfg
 
-    @torch.jit.unused
-    def set_statistics(self, shift: Dict[str, float], scale: float, e0: Optional[Dict[str, float]] = None,
-                       avg_num_neighbors: Optional[float] = None) -> None:
-        """Per-species shift mu_Z, scale sigma, E0 (default: mu) and neighbour normalisation."""
-        e0 = dict(e0 or {})
-        with torch.no_grad():
-            self.shift.copy_(torch.tensor([shift.get(s, 0.0) for s in self.species]))
-            self.e0.copy_(torch.tensor([e0.get(s, shift.get(s, 0.0)) for s in self.species]))
-            self.scale.fill_(float(scale))
-        if avg_num_neighbors is not None:
-            for layer in self.layers:
-                layer.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
-            self._config.avg_num_neighbors = float(avg_num_neighbors)
-
     @property
     def dtype(self) -> torch.dtype:
         return self.shift.dtype

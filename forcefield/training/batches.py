@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from forcefield.data.frames import Frame, frame_location
-from forcefield.data.graph import Graph, build_graph, collate
+from forcefield.data.graph import Graph, build_graph, collate, neighbour_list
 from forcefield.training.config import DensConfig
 from forcefield.training.dens import corrupt
 
@@ -20,7 +20,6 @@ def frame_to_graph(frame: Frame, species: Sequence[str], r_max: float) -> Graph:
 
 def _corrupted_graph(g: Graph, noise: np.ndarray, species: Sequence[str], r_max: float) -> Graph:
     """Same labels (the original ones), displaced positions, neighbour list rebuilt."""
-    from forcefield.data.graph import neighbour_list
     pos = g.positions + noise
     edge_index, shifts = neighbour_list(pos, g.cell, g.pbc, r_max)
     return Graph(g.species, pos, g.cell, g.pbc, edge_index, shifts, g.energy, g.forces, g.stress)
