@@ -21,7 +21,7 @@ from forcefield.data.frames import (
 from forcefield.data.split import extract_e0, is_isolated_atom
 from forcefield.errors import InputError
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 ETHANOL = DATA / "ethanol" / "train.xyz"
 ETHANOL_E0 = DATA / "ethanol" / "isolated_atoms.xyz"
 SILICON = DATA / "silicon" / "train.xyz"

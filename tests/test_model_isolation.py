@@ -16,7 +16,7 @@ from forcefield import ForceFieldCalculator
 from model_utils import R_MAX, evaluate, fcc_cu, make_model
 from model_utils import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
-ETHANOL = Path(__file__).resolve().parents[2] / "shared/data/ethanol/train.xyz"
+ETHANOL = Path(__file__).resolve().parent / "data/ethanol/train.xyz"
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from forcefield.data.statistics import (
 )
 from forcefield.errors import InputError
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 ETHANOL = DATA / "ethanol" / "train.xyz"
 SILICON = DATA / "silicon" / "train.xyz"
 

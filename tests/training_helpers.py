@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import ase.io
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"
 ETHANOL = DATA / "ethanol" / "train.xyz"
 ETHANOL_E0 = DATA / "ethanol" / "isolated_atoms.xyz"
 SPECIES = ["H", "C", "O"]
