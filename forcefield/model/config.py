@@ -32,6 +32,8 @@ class ModelConfig(BaseModel):
     num_layers: int = Field(2, ge=1)
     channels: int = Field(32, ge=1, description="multiplicity of every irrep in the hidden features")
     lmax: int = Field(2, ge=0, le=4)
+    correlation: int = Field(3, ge=1, le=4, description="body order of the node update: products of up to "
+                             "this many aggregated messages (1 = two-body messages only)")
     num_basis: int = Field(8, ge=1, description="Bessel radial basis functions")
     radial_hidden: int = Field(64, ge=1, description="width of the radial MLP")
     dtype: Literal["float32", "float64"] = "float32"

@@ -55,7 +55,9 @@ class ForceField(nn.Module):
         for k in range(cfg.num_layers):
             out = irreps_scalar if k == cfg.num_layers - 1 else self.irreps_hidden
             layers.append(Interaction(irreps, out, self.irreps_sh, cfg.num_basis,
-                                      cfg.radial_hidden, cfg.avg_num_neighbors))
+                                      cfg.radial_hidden, cfg.avg_num_neighbors,
+                                      correlation=cfg.correlation, irreps_hidden=self.irreps_hidden,
+                                      num_species=n_species))
             irreps = out
         self.layers = nn.ModuleList(layers)
         # DeNS (training only, modules outside this class): the force encoding is added to the
@@ -141,9 +143,9 @@ class ForceField(nn.Module):
                 penultimate = h
             if prune:
                 sel = layer_edges[k]
-                h = layer(h, edge_sh[sel], edge_radial[sel], edge_index[:, sel])
+                h = layer(h, edge_sh[sel], edge_radial[sel], edge_index[:, sel], species)
             else:
-                h = layer(h, edge_sh, edge_radial, edge_index)
+                h = layer(h, edge_sh, edge_radial, edge_index, species)
         e = self.readout(h).squeeze(-1)
 
         s = self.switch(r, u, edge_index[0], num_nodes)

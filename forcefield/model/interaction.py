@@ -4,19 +4,25 @@
                                                                           weights from a radial MLP)
     h_i' = act( W_down m_i + W_self h_i )                                   (residual self-interaction)
 
-Only tensor-product paths that land in the requested output irreps are built, so the last
+With `correlation` >= 2 (forcefield/model/product.py) the aggregated message is first mapped
+to the full hidden irreps A_i and replaced by the many-body product basis B_i(A_i, Z_i)
+before W_down; the messages then carry every hidden irrep, also into the last block.
+
+Without it (correlation 1), only tensor-product paths that land in the requested output irreps are built, so the last
 block of the energy model (scalar output) costs one contraction per `l`, and a block fed
 with scalars only is a plain outer product. `act` is a gate for mixed outputs, SiLU for
 scalar-only outputs and the identity for outputs without scalars (the DeNS noise head).
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from e3nn import nn as e3nn_nn
 from e3nn import o3
 from torch import nn
+
+from forcefield.model.product import ProductBasis
 
 
 def _tp_paths(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irreps
@@ -38,14 +44,23 @@ def _tp_paths(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irre
 
 class Interaction(nn.Module):
     def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, irreps_sh: o3.Irreps,
-                 num_basis: int, radial_hidden: int, avg_num_neighbors: float):
+                 num_basis: int, radial_hidden: int, avg_num_neighbors: float,
+                 correlation: int = 1, irreps_hidden: Optional[o3.Irreps] = None, num_species: int = 1):
         super().__init__()
         irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         self.irreps_in, self.irreps_out = irreps_in, irreps_out
         self.inv_avg_num_neighbors = 1.0 / float(avg_num_neighbors)
 
         self.linear_up = o3.Linear(irreps_in, irreps_in)
-        irreps_mid, instructions = _tp_paths(irreps_in, o3.Irreps(irreps_sh), irreps_out)
+        self.product: Optional[ProductBasis] = None
+        self.linear_agg: Optional[o3.Linear] = None
+        if correlation >= 2:
+            if irreps_hidden is None:
+                raise ValueError("Interaction: correlation >= 2 needs irreps_hidden")
+            irreps_hidden = o3.Irreps(irreps_hidden)
+            irreps_mid, instructions = _tp_paths(irreps_in, o3.Irreps(irreps_sh), irreps_hidden)
+        else:
+            irreps_mid, instructions = _tp_paths(irreps_in, o3.Irreps(irreps_sh), irreps_out)
         self.tp = o3.TensorProduct(irreps_in, irreps_sh, irreps_mid, instructions,
                                    shared_weights=False, internal_weights=False)
         self.radial = e3nn_nn.FullyConnectedNet(
@@ -63,14 +78,27 @@ class Interaction(nn.Module):
         else:
             self.act = nn.Identity()
             irreps_pre = gated
-        self.linear_down = o3.Linear(irreps_mid.simplify(), irreps_pre)
+        if correlation >= 2:
+            kept = {ir for _, ir in irreps_out}
+            irreps_b = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir in kept])
+            self.linear_agg = o3.Linear(irreps_mid.simplify(), irreps_hidden)
+            self.product = ProductBasis(irreps_hidden, irreps_b, correlation, num_species)
+            self.linear_down = o3.Linear(irreps_b, irreps_pre)
+        else:
+            self.linear_down = o3.Linear(irreps_mid.simplify(), irreps_pre)
         self.self_connection = o3.Linear(irreps_in, irreps_pre)
 
     def forward(self, h: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
-                edge_index: torch.Tensor) -> torch.Tensor:
+                edge_index: torch.Tensor, species: Optional[torch.Tensor] = None) -> torch.Tensor:
         center, neighbour = edge_index[0], edge_index[1]
         weights = self.radial(edge_radial)
         messages = self.tp(self.linear_up(h)[neighbour], edge_sh, weights)
         agg = torch.zeros((h.shape[0], messages.shape[1]), dtype=messages.dtype, device=messages.device)
         agg = agg.index_add(0, center, messages) * self.inv_avg_num_neighbors
+        product = self.product
+        linear_agg = self.linear_agg
+        if product is not None and linear_agg is not None:
+            if species is None:
+                raise RuntimeError("Interaction with a product basis needs the species")
+            agg = product(linear_agg(agg), species)
         return self.act(self.linear_down(agg) + self.self_connection(h))
