@@ -44,7 +44,7 @@ def demo_config(data: Dict[str, Path], s: DemoSettings) -> dict:
                   "lmax": s.lmax, "dtype": "float32"},
         "dens": {"enabled": True},
         "training": {"max_epochs": 10000, "max_time": s.train_time, "batch_size": 4, "lr": 0.01,
-                     "scheduler": "plateau", "plateau_patience": 5, "seed": 0, "device": "cpu",
+                     "scheduler": "plateau", "seed": 0, "device": "cpu",
                      "energy_weight": 1.0, "forces_weight": 10.0, "stress_weight": 1.0},
     }
 

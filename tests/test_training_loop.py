@@ -27,7 +27,7 @@ def _restore_torch_threads():
 def test_loss_decreases_on_ethanol(tmp_path):
     train = write_ethanol(tmp_path / "train.xyz", n=20)
     cfg = load_config(tiny_config(train, model={"channels": 8},
-                                  training={"max_epochs": 6, "batch_size": 2, "lr": 0.02}))
+                                  training={"max_epochs": 6, "batch_size": 2, "lr": 0.02, "warmup_steps": 0}))
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
     trainer.run()
     rows = trainer.rows
@@ -45,7 +45,7 @@ def test_loss_decreases_on_ethanol(tmp_path):
 def _resume_config(train):
     return load_config(tiny_config(train, dens={"prob": 0.5}, training={
         "max_epochs": 4, "batch_size": 3, "lr": 0.02, "ema_decay": 0.9, "scheduler": "plateau",
-        "plateau_patience": 1, "plateau_factor": 0.5}))
+        "patience_steps": 1, "warmup_steps": 0, "plateau_factor": 0.5}))
 
 
 def _final_state(folder):
@@ -63,7 +63,7 @@ def _assert_same_state(a, b):
         for k in ca[key]:
             assert torch.equal(ca[key][k], cb[key][k]), (key, k)
     assert ca["ema"]["num_updates"] == cb["ema"]["num_updates"]
-    assert ca["scheduler"] == cb["scheduler"]
+    assert ca["schedule"] == cb["schedule"]
     assert [g["lr"] for g in ca["optimizer"]["param_groups"]] == [g["lr"] for g in cb["optimizer"]["param_groups"]]
     assert rows_a == rows_b
 

@@ -46,6 +46,18 @@ class DensConfig(BaseModel):
     decay: bool = Field(True, description="linear decay of the coefficient to 0 over training")
 
 
+class FinalStageConfig(BaseModel):
+    """A last stage with other loss weights (MACE's 'SWA' stage raises the energy weight)."""
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    start: float = Field(0.8, gt=0, le=1, description="fraction of the budget (max_epochs or max_time) "
+                         "after which it starts, if stage 1 has not converged before")
+    energy_weight: Optional[float] = Field(None, ge=0, description="null: keep training.energy_weight")
+    forces_weight: Optional[float] = Field(None, ge=0, description="null: keep training.forces_weight")
+    stress_weight: Optional[float] = Field(None, ge=0, description="null: keep training.stress_weight")
+    lr: Optional[float] = Field(None, gt=0, description="LR at the start of the stage; null: training.lr")
+
+
 class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_epochs: int = Field(100, ge=1)
@@ -53,10 +65,16 @@ class TrainingConfig(BaseModel):
     batch_size: int = Field(5, ge=1)
     lr: float = Field(5e-3, gt=0)
     optimizer: Literal["adam", "adamw"] = "adam"
+    amsgrad: bool = False
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["plateau", "cosine", "none"] = "plateau"
-    plateau_patience: int = Field(10, ge=1)
+    warmup_steps: int = Field(100, ge=0, description="optimizer steps of linear LR warm-up")
+    patience_steps: int = Field(1000, ge=1, description="optimizer steps without validation improvement "
+                                "before the plateau LR drops (and, at the floor, before stopping)")
     plateau_factor: float = Field(0.5, gt=0, lt=1)
+    lr_min_ratio: float = Field(0.01, gt=0, le=1, description="LR floor as a fraction of the stage's LR")
+    early_stop: bool = Field(True, description="stop when validation no longer improves at the LR floor")
+    final_stage: FinalStageConfig = Field(default_factory=FinalStageConfig)
     ema_decay: Optional[float] = Field(0.99, ge=0, lt=1, description="null disables EMA")
     grad_clip: Optional[float] = Field(10.0, gt=0)
     seed: int = 0
@@ -133,6 +151,7 @@ model:
   num_layers: 2               # interaction blocks (LAMMPS ghost shell = num_layers * r_max)
   channels: 32                # multiplicity of each irrep
   lmax: 2                     # highest l of the hidden features and spherical harmonics
+  correlation: 3              # body order of the node update (products of up to 3 messages); 1 = two-body
   num_basis: 8                # Bessel radial functions
   radial_hidden: 64           # width of the radial MLP
   dtype: float32              # float32 or float64 (whole model)
@@ -160,14 +179,26 @@ dens:                         # denoising non-equilibrium structures (training o
 
 training:
   max_epochs: 100
-  max_time: null              # wall-time budget, seconds
+  max_time: null              # wall-time budget of the training loop, seconds; both limits apply
   batch_size: 5
   lr: 0.005
   optimizer: adam             # adam | adamw
+  amsgrad: false
   weight_decay: 0.0
-  scheduler: plateau          # plateau | cosine | none
-  plateau_patience: 10
+  scheduler: plateau          # plateau | cosine (sized from max_epochs / max_time) | none
+  warmup_steps: 100           # linear LR warm-up, optimizer steps
+  patience_steps: 1000        # steps without validation improvement before the LR drops;
+                              # counted in steps, not epochs, so it suits 50 or 50 000 structures
   plateau_factor: 0.5
+  lr_min_ratio: 0.01          # LR floor = lr * this
+  early_stop: true            # stop once validation stops improving at the LR floor
+  final_stage:                # last stage with other loss weights (MACE-style energy stage)
+    enabled: true
+    start: 0.8                # fraction of the budget, or earlier when stage 1 has converged
+    energy_weight: null       # null = keep the weights below
+    forces_weight: null
+    stress_weight: null
+    lr: null                  # LR at the start of the stage (null = lr)
   ema_decay: 0.99             # exponential moving average of weights; null = off
   grad_clip: 10.0
   seed: 0

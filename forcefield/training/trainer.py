@@ -1,9 +1,14 @@
-"""The training loop: Adam/AdamW, plateau or cosine schedule, EMA, gradient clipping,
-DeNS, per-epoch validation, metrics.csv, best/last checkpoints (atomic) and --resume.
+"""The training loop: Adam/AdamW, warm-up + plateau or cosine LR (training/schedule.py),
+a final stage with other loss weights, early stopping, EMA, gradient clipping, DeNS,
+per-epoch validation, metrics.csv, best/last checkpoints (atomic) and --resume.
 
 Determinism: all randomness of training (shuffling, DeNS selection and noise) comes from
 one numpy Generator seeded by training.seed; its state, torch's RNG state, the optimizer,
-scheduler and EMA are checkpointed, so a resumed run continues exactly where it stopped.
+schedule and EMA are checkpointed, so a resumed run continues exactly where it stopped.
+An epoch cut short by max_time is not recorded as an epoch: last.ckpt then holds the
+position inside it (its batch order and next batch), and --resume finishes it.
+The LR schedule counts optimizer steps, so it does not depend on timing; only what is
+sized from max_time (cosine, the start of the final stage, the DeNS decay) does.
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ import numpy as np
 import torch
 
 from forcefield.model.forcefield import ForceField
-from forcefield.model.serialization import CHECKPOINT_FORMAT, read_checkpoint
-from forcefield.training.atomic_io import save_torch, write_text
+from forcefield.atomic_io import write_text
+from forcefield.errors import InputError
+from forcefield.model.serialization import read_checkpoint, write_checkpoint
 from forcefield.training.batches import frame_to_graph, make_batch
 from forcefield.training.config import Config, dump_config
 from forcefield.training.datasets import load_datasets, model_config_with_statistics, statistics
@@ -27,10 +33,49 @@ from forcefield.training.dens import ForceEncoder, NoiseHead
 from forcefield.training.ema import EMA
 from forcefield.training.loss import batch_loss
 from forcefield.training.plots import learning_curve
+from forcefield.training.schedule import Schedule
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_energy_loss", "train_forces_loss", "train_stress_loss",
                   "train_dens_loss", "dens_coefficient", "valid_loss", "valid_energy_mae", "valid_forces_mae",
-                  "valid_stress_mae", "time_s"]
+                  "valid_stress_mae", "time_s", "stage", "event"]
+RUN_FILES = ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "learning_curve.png", "test_metrics.json")
+# config keys that may differ on --resume (budget and machine); anything else is refused
+RESUMABLE_KEYS = {"training.max_epochs", "training.max_time", "training.num_threads", "training.device",
+                  "training.early_stop", "data.test"}
+
+
+def _flatten(d: dict, prefix: str = "") -> Dict[str, object]:
+    out: Dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k not in ("e0", "shift"):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(old: dict, new: dict) -> Dict[str, tuple]:
+    """{dotted key: (old, new)} for every key whose value differs."""
+    a, b = _flatten(old), _flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def check_resume_config(old: dict, new: dict, where: Path) -> Dict[str, tuple]:
+    """The allowed changes; InputError naming the others."""
+    changes = config_changes(old, new)
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS}
+    if refused:
+        shown = ", ".join(f"{k} ({v[0]!r} -> {v[1]!r})" for k, v in list(refused.items())[:6])
+        more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
+        hint = ""
+        if "dens.enabled" in refused:
+            hint = ("; turning DeNS on or off adds or removes trainable modules (force encoder, noise "
+                    "head) that the checkpoint's optimizer state does not have")
+        raise InputError(f"{where}: --resume with a changed config: {shown}{more}; only "
+                         f"{', '.join(sorted(RESUMABLE_KEYS))} may change (start a new run with "
+                         f"--overwrite or another --output){hint}")
+    return changes
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,24 +88,30 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False):
+    def __init__(self, cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False,
+                 overwrite: bool = False):
         self.cfg = cfg
-        self.out = Path(output)
+        self.out = Path(output).expanduser()
         self.quiet = quiet
         tr = cfg.training
-        if tr.num_threads:
-            torch.set_num_threads(tr.num_threads)
+        self._threads_before = torch.get_num_threads()
         self.device = resolve_device(tr.device)
         torch.manual_seed(tr.seed)
         self.rng = np.random.default_rng(tr.seed)
+        self.resume_changes: Dict[str, tuple] = {}
 
         resume_ckpt = None
+        existing = [f for f in RUN_FILES if (self.out / f).exists()]
         if resume:
             last = self.out / "last.ckpt"
             if not last.is_file():
-                from forcefield.errors import InputError
                 raise InputError(f"{last}: nothing to resume from")
             resume_ckpt = read_checkpoint(last)
+            self.resume_changes = check_resume_config(resume_ckpt["config"], cfg.model_dump(mode="json"), self.out)
+        elif existing and not overwrite:
+            raise InputError(f"{self.out}: already holds a training run ({', '.join(existing)}); "
+                             "continue it with --resume or replace it with --overwrite")
+        self._replace = [f for f in existing if not resume]
 
         self.data = load_datasets(cfg)
         if resume_ckpt is not None:
@@ -70,9 +121,9 @@ class Trainer:
         self.model = ForceField.from_config(model_cfg).to(self.device)
         self.dtype = self.model.dtype
         mc = self.model.model_config()
-        species, r_max = mc.species, mc.r_max
-        self.train_graphs = [frame_to_graph(f, species, r_max) for f in self.data.train]
-        self.valid_graphs = [frame_to_graph(f, species, r_max) for f in self.data.valid]
+        self.species, self.r_max = list(mc.species), float(mc.r_max)
+        self.train_graphs = [frame_to_graph(f, self.species, self.r_max) for f in self.data.train]
+        self.valid_graphs = [frame_to_graph(f, self.species, self.r_max) for f in self.data.valid]
 
         self.encoder = self.head = None
         params = list(self.model.parameters())
@@ -82,23 +133,28 @@ class Trainer:
                                   mc.avg_num_neighbors).to(self.device, self.dtype)
             params += list(self.encoder.parameters()) + list(self.head.parameters())
         opt_cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(params, lr=tr.lr, weight_decay=tr.weight_decay)
-        if tr.scheduler == "plateau":
-            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, factor=tr.plateau_factor, patience=tr.plateau_patience)
-        elif tr.scheduler == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=tr.max_epochs)
-        else:
-            self.scheduler = None
+        self.optimizer = opt_cls(params, lr=tr.lr, weight_decay=tr.weight_decay, amsgrad=tr.amsgrad)
+        steps_per_epoch = math.ceil(len(self.train_graphs) / tr.batch_size)
+        self.schedule = Schedule(tr, steps_per_epoch)
+        self._set_lr(self.schedule.lr)
         self.ema = EMA(self.model, tr.ema_decay) if tr.ema_decay else None
-        self.weights = {"energy": tr.energy_weight, "forces": tr.forces_weight, "stress": tr.stress_weight}
         self.epoch = 0
         self.best = math.inf
         self.rows: List[Dict[str, float]] = []
         self.elapsed = 0.0
+        self.epoch_state: Optional[dict] = None  # position inside an epoch cut short by max_time
+        self.stop_reason = ""
         self.test_metrics: Optional[Dict[str, float]] = None
         if resume_ckpt is not None:
             self._load_state(resume_ckpt)
+
+    @property
+    def weights(self) -> Dict[str, float]:
+        return self.schedule.loss_weights()
+
+    def _set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
 
     # ------------------------------------------------------------------ state
     def _eval_state(self) -> dict:
@@ -106,18 +162,18 @@ class Trainer:
 
     def _checkpoint(self) -> dict:
         return {
-            "format": CHECKPOINT_FORMAT, "version": 1,
             "model_config": self.model.model_config().model_dump(mode="json"),
             "model_state": {k: v.detach().cpu() for k, v in self._eval_state().items()},
             "raw_model_state": self.model.state_dict(),
             "encoder_state": self.encoder.state_dict() if self.encoder is not None else None,
             "head_state": self.head.state_dict() if self.head is not None else None,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "schedule": self.schedule.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch, "best": self.best, "rows": self.rows, "elapsed": self.elapsed,
+            "epoch_state": self.epoch_state,
             "config": self.cfg.model_dump(mode="json"),
         }
 
@@ -127,20 +183,21 @@ class Trainer:
             self.encoder.load_state_dict(ckpt["encoder_state"])
             self.head.load_state_dict(ckpt["head_state"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt.get("scheduler") is not None:
-            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.schedule.load_state_dict(ckpt.get("schedule"))
+        self._set_lr(self.schedule.lr)
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
         self.rng.bit_generator.state = ckpt["numpy_rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         self.epoch, self.best, self.rows = ckpt["epoch"], ckpt["best"], list(ckpt["rows"])
         self.elapsed = ckpt.get("elapsed", 0.0)
+        self.epoch_state = ckpt.get("epoch_state")
 
     def _save(self, best: bool) -> None:
         ckpt = self._checkpoint()
-        save_torch(ckpt, self.out / "last.ckpt")
+        write_checkpoint(ckpt, self.out / "last.ckpt")
         if best:
-            save_torch(ckpt, self.out / "best.ckpt")
+            write_checkpoint(ckpt, self.out / "best.ckpt")
 
     def _write_metrics(self) -> None:
         buf = io.StringIO()
@@ -166,29 +223,32 @@ class Trainer:
             return 0.0
         return d.coefficient * (max(0.0, 1.0 - progress) if d.decay else 1.0)
 
-    def _progress(self, epoch_fraction: float) -> float:
+    def _out_of_time(self) -> bool:
         tr = self.cfg.training
-        p = epoch_fraction / tr.max_epochs
-        if tr.max_time:
-            p = max(p, self.elapsed / tr.max_time)
-        return min(1.0, p)
+        return bool(tr.max_time) and self.elapsed >= tr.max_time
 
-    def train_epoch(self, bar=None, task=None) -> Dict[str, float]:
+    def train_epoch(self, bar=None, task=None) -> Optional[Dict[str, float]]:
+        """One epoch (or the rest of one cut short earlier). None if max_time cut it short:
+        then `epoch_state` holds where it stopped."""
         tr = self.cfg.training
-        mc = self.model.model_config()
-        order = self.rng.permutation(len(self.train_graphs))
+        if self.epoch_state is None:
+            order = self.rng.permutation(len(self.train_graphs))
+            state = {"order": order.tolist(), "next": 0, "sums": {}, "counts": {}, "coef": 0.0}
+        else:
+            state, self.epoch_state = self.epoch_state, None
+        order = state["order"]
         batches = [order[k:k + tr.batch_size] for k in range(0, len(order), tr.batch_size)]
-        sums: Dict[str, float] = {}
-        counts: Dict[str, int] = {}  # a part (dens, stress) is averaged over the batches that have it
+        sums, counts = state["sums"], state["counts"]  # a part (dens, stress) is averaged over the batches that have it
         self.model.train()
         t_last = time.perf_counter()
-        coef = 0.0
-        for b, idx in enumerate(batches):
-            coef = self.dens_coefficient(self._progress(self.epoch + b / len(batches)))
-            batch = make_batch([self.train_graphs[i] for i in idx], mc.species, mc.r_max, self.dtype,
+        weights = self.weights
+        for b in range(state["next"], len(batches)):
+            idx = batches[b]
+            state["coef"] = coef = self.dens_coefficient(self.schedule.progress(self.elapsed))
+            batch = make_batch([self.train_graphs[i] for i in idx], self.species, self.r_max, self.dtype,
                                self.device, self.rng, self.cfg.dens if self.cfg.dens.enabled else None)
             self.optimizer.zero_grad(set_to_none=True)
-            loss, parts, _ = batch_loss(self.model, batch, self.weights, self.encoder, self.head, coef)
+            loss, parts, _ = batch_loss(self.model, batch, weights, self.encoder, self.head, coef)
             loss.backward()
             if tr.grad_clip:
                 torch.nn.utils.clip_grad_norm_(
@@ -202,18 +262,21 @@ class Trainer:
             now = time.perf_counter()
             self.elapsed += now - t_last
             t_last = now
+            self._set_lr(self.schedule.after_step(self.elapsed))
             if bar is not None:
                 bar.update(task, advance=len(idx), description=f"epoch {self.epoch + 1} loss {sums['loss'] / counts['loss']:.4g}")
-            if tr.max_time and self.elapsed >= tr.max_time:
-                break
+            if self._out_of_time() and b + 1 < len(batches):
+                state["next"] = b + 1
+                self.epoch_state = state
+                return None
         out = {f"train_{k}_loss" if k != "loss" else "train_loss": v / counts[k] for k, v in sums.items()}
-        out["dens_coefficient"] = coef
+        out["dens_coefficient"] = state["coef"]
+        out["steps"] = len(batches)
         return out
 
     def validate(self, graphs=None) -> Dict[str, float]:
         """Loss and MAEs (meV/atom, meV/Å, meV/Å^3) of the evaluated (EMA) weights."""
         graphs = self.valid_graphs if graphs is None else graphs
-        mc = self.model.model_config()
         raw = None
         if self.ema is not None:
             raw = {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -224,7 +287,7 @@ class Trainer:
         bs = max(self.cfg.training.batch_size, 8)
         try:
             for k in range(0, len(graphs), bs):
-                batch = make_batch(graphs[k:k + bs], mc.species, mc.r_max, self.dtype, self.device)
+                batch = make_batch(graphs[k:k + bs], self.species, self.r_max, self.dtype, self.device)
                 loss, _, out = batch_loss(self.model, batch, self.weights, create_graph=False)
                 g = int(batch["num_graphs"])
                 tot["loss"] += float(loss.detach()) * g
@@ -249,45 +312,76 @@ class Trainer:
         return {"valid_loss": mean("loss"), "valid_energy_mae": 1000 * mean("e"),
                 "valid_forces_mae": 1000 * mean("f"), "valid_stress_mae": 1000 * mean("s")}
 
+    def _finish_epoch(self, row: Dict[str, float]) -> None:
+        tr = self.cfg.training
+        stage = self.schedule.stage
+        row.update(self.validate())
+        self.epoch += 1
+        row.update(epoch=self.epoch, lr=self.optimizer.param_groups[0]["lr"], time_s=self.elapsed, stage=stage)
+        improved = row["valid_loss"] < self.best
+        if improved:
+            self.best = row["valid_loss"]
+        note = self.schedule.after_epoch(row["valid_loss"], int(row.pop("steps")), self.elapsed)
+        self._set_lr(self.schedule.lr)
+        if self.schedule.stage != stage:
+            self.best = math.inf  # the validation loss changes meaning with the loss weights
+        if self.epoch >= tr.max_epochs and not self.schedule.stopped:
+            note = "; ".join(filter(None, [note, f"max_epochs ({tr.max_epochs}) reached"]))
+        elif self._out_of_time() and not self.schedule.stopped:
+            note = "; ".join(filter(None, [note, f"max_time ({tr.max_time:g} s) reached"]))
+        row["event"] = note
+        if note:
+            self._log(f"epoch {self.epoch}: {note}")
+        self.stop_reason = self.schedule.stopped
+        self.rows.append(row)
+        self._save(best=improved)
+        self._write_metrics()
+
+    def _prepare_folder(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        for name in self._replace:  # --overwrite: no file of the old run stays beside the new one
+            (self.out / name).unlink(missing_ok=True)
+        self._replace = []
+        for key, (old, new) in self.resume_changes.items():
+            self._log(f"resume: {key} {old!r} -> {new!r}")
+        write_text(dump_config(self.cfg), self.out / "config.yaml")
+
     def run(self) -> Dict[str, float]:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         tr = self.cfg.training
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text(dump_config(self.cfg), self.out / "config.yaml")
+        if tr.num_threads:
+            torch.set_num_threads(tr.num_threads)
+        self._prepare_folder()
         cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("{task.fields[status]}"))
         try:
             with Progress(*cols, disable=self.quiet, transient=False) as bar:
-                while self.epoch < tr.max_epochs and not (tr.max_time and self.elapsed >= tr.max_time):
+                while (self.epoch < tr.max_epochs and not self._out_of_time()
+                       and not self.schedule.stopped):
                     task = bar.add_task(f"epoch {self.epoch + 1}", total=len(self.train_graphs), status="")
                     row = self.train_epoch(bar, task)
-                    row.update(self.validate())
-                    self.epoch += 1
-                    row["epoch"] = self.epoch
-                    row["lr"] = self.optimizer.param_groups[0]["lr"]
-                    row["time_s"] = self.elapsed
-                    if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                        self.scheduler.step(row["valid_loss"])
-                    elif self.scheduler is not None:
-                        self.scheduler.step()
-                    self.rows.append(row)
-                    improved = row["valid_loss"] < self.best
-                    if improved:
-                        self.best = row["valid_loss"]
-                    self._save(best=improved)
-                    self._write_metrics()
-                    bar.update(task, status=f"valid E {row['valid_energy_mae']:.2f} meV/atom  "
-                                            f"F {row['valid_forces_mae']:.1f} meV/Å")
+                    if row is None:  # max_time inside the epoch: not an epoch, but resumable
+                        self._save(best=False)
+                        b = self.epoch_state["next"]
+                        n = math.ceil(len(self.train_graphs) / tr.batch_size)
+                        self._log(f"max_time ({tr.max_time:g} s) reached after batch {b}/{n} of epoch "
+                                  f"{self.epoch + 1}: not recorded as an epoch; --resume finishes it")
+                        break
+                    self._finish_epoch(row)
+                    bar.update(task, status=f"valid E {self.rows[-1]['valid_energy_mae']:.2f} meV/atom  "
+                                            f"F {self.rows[-1]['valid_forces_mae']:.1f} meV/Å")
         except KeyboardInterrupt:
-            # last.ckpt already holds the state at the end of the last completed epoch; the
-            # state of a half-done epoch is not saved, since resuming from it would repeat its
-            # first batches with a fresh shuffle and break the exact continuation
+            # last.ckpt already holds the state at the end of the last completed epoch (or of
+            # the last max_time cut); the state of a half-done epoch is not saved here, since
+            # it could be mid-step
             if (self.out / "last.ckpt").is_file():
                 self._log(f"[yellow]interrupted: {self.out / 'last.ckpt'} holds the last completed "
                           "epoch (continue with --resume)[/yellow]")
             else:
                 self._log("[yellow]interrupted before the first epoch ended: nothing to resume[/yellow]")
             raise
+        finally:
+            torch.set_num_threads(self._threads_before)
         if self.data.test and (self.out / "best.ckpt").is_file():
             self.test_metrics = self.evaluate_test()
         return self.rows[-1] if self.rows else {}
@@ -303,7 +397,8 @@ class Trainer:
         return metrics
 
 
-def train(cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False) -> Trainer:
-    trainer = Trainer(cfg, output, resume=resume, quiet=quiet)
+def train(cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False,
+          overwrite: bool = False) -> Trainer:
+    trainer = Trainer(cfg, output, resume=resume, quiet=quiet, overwrite=overwrite)
     trainer.run()
     return trainer
