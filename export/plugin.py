@@ -232,10 +232,12 @@ def build_plugin(output_dir: Optional[Path] = None, force: bool = False) -> Path
         built = build_dir / PLUGIN_NAME
         if not built.is_file():
             raise PluginBuildError(f"the build did not produce {built}, full log: {log}")
-        tmp = target_dir / (PLUGIN_NAME + ".tmp")
-        shutil.copy2(built, tmp)
-        os.replace(tmp, plugin)  # atomic: a running LAMMPS never sees a half-written file
-        stamp.write_text(key + "\n")
+        from forcefield.atomic_io import atomic_path, write_text
+
+        # atomic: a running LAMMPS never sees a half-written file; mode 0o777 & ~umask
+        with atomic_path(plugin, mode=0o777) as tmp:
+            shutil.copyfile(built, tmp)
+        write_text(key + "\n", stamp)
         shutil.rmtree(build_dir, ignore_errors=True)
     return plugin
 

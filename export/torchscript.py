@@ -12,14 +12,14 @@ virial = -sum_ij r_ij (x) dE/dr_ij. Metadata travels as `_extra_files`.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import warnings
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from forcefield.atomic_io import atomic_path
 from forcefield.errors import InputError
 
 FORMAT_VERSION = 1
@@ -72,10 +72,12 @@ def export_model(model: Union[nn.Module, str, Path], path: Union[str, Path],
     from e3nn.util.jit import script
 
     from forcefield.model.forcefield import ForceField
-    from forcefield.model.serialization import model_from_checkpoint
 
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a file name for the exported model")
     if not isinstance(model, nn.Module):
-        model = model_from_checkpoint(model)
+        model = load_checkpoint_model(model)
     cfg = model.model_config()
     dtype = dtype or cfg.dtype
     if dtype not in _DTYPES:
@@ -95,36 +97,62 @@ def export_model(model: Union[nn.Module, str, Path], path: Union[str, Path],
         "dtype": dtype,
         "metadata.json": json.dumps(meta, indent=2),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.jit.save(scripted, tmp, _extra_files=extra)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        torch.jit.save(scripted, str(tmp), _extra_files=extra)
     return path
 
 
-def is_exported_file(path: Union[str, Path]) -> bool:
-    """True for a TorchScript archive (a zip holding constants.pkl / code/)."""
+def _zip_names(path: Path) -> list:
     import zipfile
-    path = Path(path)
     if not path.is_file() or not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("/extra/format_version") for n in zf.namelist())
+        return []
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return []
+
+
+def is_torchscript_archive(path: Union[str, Path]) -> bool:
+    """True for any TorchScript archive (a zip with code/ and constants.pkl), ours or not."""
+    names = _zip_names(Path(path))
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def load_checkpoint_model(path: Union[str, Path]) -> nn.Module:
+    """The ForceField of a training checkpoint; InputError (one line, no torch warning) for a
+    missing file, an exported model, a foreign TorchScript file or anything else."""
+    from forcefield.model.serialization import model_from_checkpoint
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a checkpoint file (.ckpt)")
+    if is_exported_file(path):
+        raise InputError(f"{path}: is an exported model; this needs a training checkpoint (.ckpt)")
+    if is_torchscript_archive(path):
+        raise InputError(f"{path}: a TorchScript file but not a forcefield model (no forcefield metadata)")
+    with warnings.catch_warnings():  # torch warns about files it can read only partly
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        return model_from_checkpoint(path)
+
+
+def is_exported_file(path: Union[str, Path]) -> bool:
+    """True for a forcefield export (a TorchScript archive with extra/format_version)."""
+    return any(n.endswith("/extra/format_version") for n in _zip_names(Path(path).expanduser()))
 
 
 def load_exported(path: Union[str, Path], device: str = "cpu") -> Tuple[torch.jit.ScriptModule, dict]:
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"{path}: no such model file")
     extra = {k: "" for k in METADATA_KEYS}
     try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
         raise InputError(f"{path}: not a TorchScript model ({type(exc).__name__})") from None
     if not extra["metadata.json"]:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from forcefield.data.graph import atoms_to_graph
+from forcefield.data.graph import build_graph, check_cell, recentred_positions
 
 
 class _EagerRunner:
@@ -46,14 +46,25 @@ class _ExportedRunner:
 
 
 def make_runner(model: Union[torch.nn.Module, str, Path]):
+    """A runner for a ForceField, a checkpoint path or an exported-model path; any other
+    file is an InputError naming it (one line, no torch warning)."""
     if isinstance(model, torch.nn.Module):
         return _EagerRunner(model)
-    path = Path(model)
-    from forcefield.export.torchscript import is_exported_file, load_exported
+    path = Path(model).expanduser()
+    from forcefield.export.torchscript import is_exported_file, load_checkpoint_model, load_exported
     if is_exported_file(path):
         return _ExportedRunner(*load_exported(path))
-    from forcefield.model.serialization import model_from_checkpoint
-    return _EagerRunner(model_from_checkpoint(path))
+    return _EagerRunner(load_checkpoint_model(path))
+
+
+def structure_graph(numbers, positions, cell, pbc, runner, where: str = "structure"):
+    """The graph a runner evaluates: validated (`build_graph`), positions recentred in
+    float64 (`recentred_positions`) so that float32 models lose nothing far from the origin."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if np.isfinite(positions).all():  # else build_graph names the bad atom
+        check_cell(cell, pbc, where, runner.r_max)
+        positions = recentred_positions(positions, cell, pbc)
+    return build_graph(numbers, positions, cell, pbc, runner.species, runner.r_max, where)
 
 
 def run_graph(runner, g, periodic: bool) -> Dict[str, object]:
@@ -83,7 +94,8 @@ class ForceFieldCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         r = self.runner
-        g = atoms_to_graph(self.atoms, r.species, r.r_max)
+        a = self.atoms
+        g = structure_graph(a.numbers, a.positions, a.cell.array, a.pbc, r)
         out = run_graph(r, g, bool(self.atoms.pbc.all()))
         self.results = {
             "energy": out["energy"],

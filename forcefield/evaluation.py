@@ -7,10 +7,10 @@ from typing import Dict, Tuple, Union
 import numpy as np
 import torch
 
-from forcefield.calculator import make_runner, run_graph
+from forcefield.calculator import make_runner, run_graph, structure_graph
 from forcefield.data.frames import check_species, frame_location, read_frames
-from forcefield.data.graph import build_graph
 from forcefield.data.split import extract_e0
+from forcefield.errors import InputError
 
 
 def predict_frames(runner, frames):
@@ -18,7 +18,7 @@ def predict_frames(runner, frames):
     (`forcefield.calculator.make_runner`)."""
     out = []
     for f in frames:
-        g = build_graph(f.numbers, f.positions, f.cell, f.pbc, runner.species, runner.r_max, frame_location(f))
+        g = structure_graph(f.numbers, f.positions, f.cell, f.pbc, runner, frame_location(f))
         r = run_graph(runner, g, bool(np.all(f.pbc)))
         out.append((r["energy"], r["forces"], r.get("stress")))
     return out
@@ -27,8 +27,22 @@ def predict_frames(runner, frames):
 def evaluate(model: Union[torch.nn.Module, str, Path], data: Union[str, Path], energy_key: str = "energy",
              forces_key: str = "forces", stress_key: str = "stress") -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
     """Metrics (DESIGN.md §5.1: energies meV/atom, forces meV/Å, stress meV/Å^3) and the
-    reference/predicted arrays for parity plots. Isolated-atom frames are left out."""
-    frames = extract_e0(read_frames(data, energy_key, forces_key, stress_key))[0]
+    reference/predicted arrays for parity plots. Isolated-atom frames are left out.
+
+    ``n_structures`` counts the structures scored. A quantity that only some of them carry
+    is scored over those, and its count is reported next to it: ``n_energy`` / ``n_forces``
+    when fewer than ``n_structures`` structures have energies / forces, ``n_stress`` always
+    with ``stress_mae``. InputError (naming ``data``) when nothing carries a label.
+    """
+    frames = extract_e0(read_frames(data, energy_key, forces_key, stress_key), energy_key=energy_key)[0]
+    if not frames:
+        raise InputError(f"{data}: only isolated atoms, no structure to score")
+    has_e = [f.energy is not None for f in frames]
+    has_f = [f.forces is not None for f in frames]
+    has_s = [f.stress is not None and bool(np.all(f.pbc)) for f in frames]
+    if not (any(has_e) or any(has_f) or any(has_s)):
+        raise InputError(f"{data}: no structure has an energy, forces or stress (keys '{energy_key}', "
+                         f"'{forces_key}', '{stress_key}'): nothing to score")
     runner = make_runner(model)
     check_species(frames, runner.species, data)
     preds = predict_frames(runner, frames)
@@ -43,18 +57,34 @@ def evaluate(model: Union[torch.nn.Module, str, Path], data: Union[str, Path], e
             f_pred.append(forces)
         if f.stress is not None and stress is not None:
             s_err.append(stress - f.stress)
-    metrics: Dict[str, float] = {"n_structures": len(frames)}
+    n_frames = len(frames)
+    metrics: Dict[str, float] = {"n_structures": n_frames}
     arrays = {"energy_ref": np.array(e_ref), "energy_pred": np.array(e_pred),
               "forces_ref": np.concatenate(f_ref) if f_ref else np.zeros((0, 3)),
               "forces_pred": np.concatenate(f_pred) if f_pred else np.zeros((0, 3))}
     if e_ref:
         d = arrays["energy_pred"] - arrays["energy_ref"]
+        if len(e_ref) < n_frames:
+            metrics["n_energy"] = len(e_ref)
         metrics["energy_mae"] = 1000 * float(np.mean(np.abs(d)))
         metrics["energy_rmse"] = 1000 * float(np.sqrt(np.mean(d ** 2)))
     if f_ref:
         d = arrays["forces_pred"] - arrays["forces_ref"]
+        if len(f_ref) < n_frames:
+            metrics["n_forces"] = len(f_ref)
         metrics["forces_mae"] = 1000 * float(np.mean(np.abs(d)))
         metrics["forces_rmse"] = 1000 * float(np.sqrt(np.mean(d ** 2)))
     if s_err:
+        metrics["n_stress"] = len(s_err)
         metrics["stress_mae"] = 1000 * float(np.mean(np.abs(np.stack(s_err))))
     return metrics, arrays
+
+
+def label_counts(metrics: Dict[str, float]) -> Dict[str, int]:
+    """Structures scored per quantity (energy, forces, stress) of `evaluate`'s metrics."""
+    n = int(metrics["n_structures"])
+    out = {}
+    for q in ("energy", "forces", "stress"):
+        if f"{q}_mae" in metrics:
+            out[q] = int(metrics.get(f"n_{q}", n))
+    return out

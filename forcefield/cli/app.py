@@ -50,10 +50,50 @@ def user_errors(fn):
             msg = " ".join(str(exc).split())
             typer.echo(f"error: {msg}", err=True)
             raise typer.Exit(2)
+        except OSError as exc:  # permissions, a full disk, ...: the file and the reason
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo("error: " + " ".join(f"{where}{exc.strerror or exc}".split()), err=True)
+            raise typer.Exit(2)
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130)
     return wrapper
+
+
+def _expand(path: Optional[Path]) -> Optional[Path]:
+    """`~` in a path argument (a quoted or --opt=~/x one the shell left alone)."""
+    return None if path is None else Path(path).expanduser()
+
+
+def _check_parents(path: Path, option: str) -> None:
+    """The nearest existing ancestor of `path` must be a folder."""
+    from forcefield.errors import InputError
+    for p in path.parents:
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"{option} {path}: {p} is a file, expected a folder")
+            return
+
+
+def _output_file(path: Optional[Path], option: str) -> Optional[Path]:
+    """An output file option, checked before any work is done: not an existing folder."""
+    path = _expand(path)
+    if path is not None:
+        if path.is_dir():
+            from forcefield.errors import InputError
+            raise InputError(f"{option} {path}: is a directory, expected a file name")
+        _check_parents(path, option)
+    return path
+
+
+def _output_dir(path: Path, option: str) -> Path:
+    """An output folder option: not an existing file (nor inside one)."""
+    path = _expand(path)
+    if path.exists() and not path.is_dir():
+        from forcefield.errors import InputError
+        raise InputError(f"{option} {path}: is a file, expected a folder")
+    _check_parents(path, option)
+    return path
 
 
 def _quiet_warnings() -> None:
@@ -75,14 +115,16 @@ def train(
     config: Path = typer.Argument(..., help="YAML config (see `forcefield template`)."),
     output: Path = typer.Option(Path("run"), "--output", "-o", help="Output folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUTPUT/last.ckpt."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the training run already in OUTPUT."),
 ) -> None:
     """Train a model: writes best.ckpt, last.ckpt, metrics.csv, config.yaml and plots into OUTPUT
     (and test_metrics.json when data.test is set)."""
     _quiet_warnings()
     from forcefield.training.config import load_config
     from forcefield.training.trainer import train as run_training
-    cfg = load_config(config)
-    trainer = run_training(cfg, output, resume=resume)
+    output = _output_dir(output, "--output")
+    cfg = load_config(_expand(config))
+    trainer = run_training(cfg, output, resume=resume, overwrite=overwrite)
     row = trainer.rows[-1] if trainer.rows else {}
     typer.echo(f"trained {trainer.epoch} epochs; valid energy MAE {row.get('valid_energy_mae', float('nan')):.3f} "
                f"meV/atom, forces MAE {row.get('valid_forces_mae', float('nan')):.2f} meV/Å")
@@ -107,11 +149,21 @@ def evaluate(
 ) -> None:
     """Energy / force / stress errors of MODEL on DATA (meV/atom, meV/Å, meV/Å^3)."""
     _quiet_warnings()
+    from forcefield.atomic_io import write_text
     from forcefield.evaluation import evaluate as run_eval
-    from forcefield.training.atomic_io import write_text
+    from forcefield.evaluation import label_counts
+    json_out, plot = _output_file(json_out, "--json"), _output_file(plot, "--plot")
+    model, data = _expand(model), _expand(data)
     metrics, arrays = run_eval(model, data, energy_key, forces_key, stress_key)
+    counts = label_counts(metrics)
     for k, v in metrics.items():
-        typer.echo(f"{k:>14s}  {v:.4f}" if isinstance(v, float) else f"{k:>14s}  {v}")
+        if k.startswith("n_") and k != "n_structures":
+            continue  # shown beside the metric
+        line = f"{k:>14s}  {v:.4f}" if isinstance(v, float) else f"{k:>14s}  {v}"
+        q = k.rsplit("_", 1)[0]
+        if k.endswith("_mae") and q in counts:
+            line += f"  ({counts[q]} structures)"
+        typer.echo(line)
     if json_out:
         write_text(json.dumps(metrics, indent=2) + "\n", json_out)
     if plot:
@@ -130,7 +182,8 @@ def export(
     """Export a checkpoint to TorchScript for LAMMPS and Python (DeNS parts dropped)."""
     _quiet_warnings()
     from forcefield.export.torchscript import export_model
-    path = export_model(checkpoint, output, dtype)
+    output = _output_file(output, "--output")
+    path = export_model(_expand(checkpoint), output, dtype)
     typer.echo(str(Path(path).resolve()))
 
 
@@ -142,7 +195,7 @@ def lammps_plugin(
 ) -> None:
     """Build (or reuse) the LAMMPS plugin; prints the path of forcefieldplugin.so last."""
     from forcefield.export.plugin import build_plugin
-    path = build_plugin(output, force=force)
+    path = build_plugin(None if output is None else _output_dir(output, "--output"), force=force)
     typer.echo(str(Path(path).resolve()))
 
 
@@ -156,7 +209,7 @@ def demo(
     """The main job on built-in data: generate, train (DeNS + switch), evaluate, export, LAMMPS MD."""
     _quiet_warnings()
     from forcefield.demo import run_demo
-    run_demo(output, quick=quick, train_time=train_time)
+    run_demo(_output_dir(output, "--output"), quick=quick, train_time=train_time)
 
 
 def main() -> None:

@@ -13,13 +13,13 @@ message naming the file, the frame index and, where it applies, the key, element
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
+from forcefield.data.graph import check_cell
 from forcefield.errors import InputError
 
 __all__ = [
@@ -150,15 +150,7 @@ class Frame:
         if pbc.shape != (3,):
             raise InputError(f"{where}: pbc has shape {pbc.shape}; expected 3 booleans")
         self.pbc = pbc
-        for axis in range(3):
-            if pbc[axis] and np.linalg.norm(cell[axis]) < 1e-8:
-                raise InputError(
-                    f"{where}: periodic along cell vector {axis} but that cell vector is zero"
-                )
-        if pbc.any():
-            periodic_vectors = cell[pbc]
-            if np.linalg.matrix_rank(periodic_vectors, tol=1e-8) < len(periodic_vectors):
-                raise InputError(f"{where}: the periodic cell vectors are linearly dependent")
+        check_cell(cell, pbc, where)
 
         if self.energy is not None:
             e = np.asarray(self.energy, dtype=np.float64).reshape(-1)
@@ -329,6 +321,8 @@ def read_frames(
     import ase.io
 
     path_str = os.fspath(path)
+    if path_str.startswith("~"):
+        path_str = os.path.expanduser(path_str)
     p = Path(path_str)
     if not p.exists():
         raise InputError(f"{path_str}: file not found")
@@ -371,23 +365,14 @@ def write_frames(frames: Iterable[Union[Frame, "object"]], path: PathLike) -> Pa
     """
     import ase.io
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    from forcefield.atomic_io import atomic_path
+
+    p = Path(path).expanduser()
     images = [f.to_atoms() if isinstance(f, Frame) else f for f in frames]
-    fd, tmp = tempfile.mkstemp(dir=str(p.parent), prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
+    with atomic_path(p) as tmp:
+        with open(tmp, "w") as fh:
             if images:
                 ase.io.write(fh, images, format="extxyz")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return p
 
 

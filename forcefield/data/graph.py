@@ -40,6 +40,74 @@ class Graph:
         return float(abs(np.linalg.det(self.cell))) if self.pbc.all() else 0.0
 
 
+MIN_DISTANCE = 0.1       # Å: two atoms closer than this are the same atom twice
+MAX_PERIODIC_IMAGES = 10**6
+
+
+def _periodic_heights(vectors: np.ndarray) -> np.ndarray:
+    """Distance of each vector from the span of the others (the layer thickness)."""
+    gram = vectors @ vectors.T
+    full = np.linalg.det(gram)
+    heights = np.empty(len(vectors))
+    for k in range(len(vectors)):
+        rest = np.delete(np.delete(gram, k, 0), k, 1)
+        sub = np.linalg.det(rest) if rest.size else 1.0
+        heights[k] = np.sqrt(max(full, 0.0) / sub) if sub > 0 else 0.0
+    return heights
+
+
+def check_cell(cell, pbc, where: str = "structure", r_max: Optional[float] = None) -> None:
+    """InputError unless (cell, pbc) is a cell a neighbour list can be built for.
+
+    The one check of the cell, called by the frame reader and by `build_graph` (so by the
+    calculator, evaluation and training) before any neighbour list: every periodic cell
+    vector must be non-zero and the periodic vectors linearly independent (vesin dies with
+    SIGFPE or a C++ exception otherwise). With `r_max`, a periodic direction so thin that
+    the cutoff sphere would need more than MAX_PERIODIC_IMAGES images is refused too.
+    Cell vectors along non-periodic directions are free (zero is fine).
+    """
+    cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if not np.isfinite(cell).all():
+        raise InputError(f"{where}: cell has non-finite entries")
+    for axis in range(3):
+        if pbc[axis] and np.linalg.norm(cell[axis]) < 1e-8:
+            raise InputError(f"{where}: periodic along cell vector {axis} but that cell vector is zero")
+    if not pbc.any():
+        return
+    axes = np.nonzero(pbc)[0]
+    vectors = cell[axes]
+    if np.linalg.matrix_rank(vectors, tol=1e-8) < len(vectors):
+        raise InputError(f"{where}: the periodic cell vectors are linearly dependent")
+    if r_max is not None:
+        heights = _periodic_heights(vectors)
+        images = float(np.prod(2 * np.ceil(r_max / np.maximum(heights, 1e-300)) + 1))
+        if images > MAX_PERIODIC_IMAGES:
+            k = int(np.argmin(heights))
+            raise InputError(f"{where}: the cell is only {heights[k]:.3g} Å thick along periodic cell "
+                             f"vector {int(axes[k])}, far below the cutoff r_max = {r_max} Å "
+                             f"(about {images:.3g} periodic images)")
+
+
+def check_distances(positions: np.ndarray, edge_index: np.ndarray, shifts: np.ndarray,
+                    where: str = "structure", min_distance: float = MIN_DISTANCE) -> None:
+    """InputError naming the two atoms of the first edge shorter than `min_distance` Å."""
+    if edge_index.shape[1] == 0:
+        return
+    vec = positions[edge_index[1]] - positions[edge_index[0]] + shifts
+    length = np.sqrt(np.einsum("ij,ij->i", vec, vec))
+    close = np.nonzero(length < min_distance)[0]
+    if close.size == 0:
+        return
+    e = close[np.argmin(length[close])]
+    i, j = sorted((int(edge_index[0, e]), int(edge_index[1, e])))
+    if i == j:
+        raise InputError(f"{where}: atom {i} is {length[e]:.3g} Å from its own periodic image "
+                         f"(closer than {min_distance} Å)")
+    raise InputError(f"{where}: atoms {i} and {j} are {length[e]:.3g} Å apart (closer than "
+                     f"{min_distance} Å: the same atom twice?)")
+
+
 def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float):
     """(edge_index (2,E), shifts (E,3) Cartesian) for all pairs closer than r_max."""
     positions = np.ascontiguousarray(positions, dtype=np.float64)
@@ -57,6 +125,27 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_m
     edge_index = np.stack([i, j]).astype(np.int64)
     shifts = s.astype(np.float64) @ cell
     return edge_index, shifts
+
+
+def recentred_positions(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """float64 positions with the same edge vectors but small coordinates: wrapped into the
+    cell along periodic directions, then the bounding box centred on the origin.
+
+    Edge vectors are differences of positions (plus lattice shifts), so this changes
+    nothing but rounding; it keeps a float32 model as precise 1e5 Å from the origin (or
+    with atoms that drifted many cells away) as at the origin. Like the LAMMPS pair
+    style, which subtracts a reference position. Needs finite positions and a cell that
+    passed `check_cell`.
+    """
+    pos = np.array(positions, dtype=np.float64).reshape(-1, 3)
+    pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if len(pos) == 0:
+        return pos
+    if pbc.any():
+        vectors = np.asarray(cell, dtype=np.float64).reshape(3, 3)[pbc]
+        frac = pos @ np.linalg.pinv(vectors)      # coordinates along the periodic vectors
+        pos = pos - np.floor(frac) @ vectors
+    return pos - 0.5 * (pos.min(axis=0) + pos.max(axis=0))
 
 
 def species_indices(numbers: Sequence[int], species: Sequence[str], where: str = "structure") -> np.ndarray:
@@ -77,16 +166,19 @@ def atoms_to_graph(atoms, species: Sequence[str], r_max: float, where: str = "st
 
 def build_graph(numbers, positions, cell, pbc, species: Sequence[str], r_max: float,
                 where: str = "structure", energy=None, forces=None, stress=None) -> Graph:
+    """Validated graph: InputError (naming `where` and the atom) for a non-finite position,
+    a degenerate cell (`check_cell`), an element not in `species` or two atoms closer than
+    MIN_DISTANCE (`check_distances`)."""
     positions = np.asarray(positions, dtype=np.float64)
     bad = ~np.isfinite(positions).all(axis=1)
     if bad.any():
         raise InputError(f"{where}: atom {int(np.argmax(bad))} has a non-finite position")
     cell = np.asarray(cell, dtype=np.float64).reshape(3, 3)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
-    if pbc.all() and abs(np.linalg.det(cell)) < 1e-12:
-        raise InputError(f"{where}: periodic structure with a singular cell")
+    check_cell(cell, pbc, where, r_max)
     idx = species_indices(numbers, species, where)
     edge_index, shifts = neighbour_list(positions, cell, pbc, r_max)
+    check_distances(positions, edge_index, shifts, where)
     return Graph(idx, positions, cell, pbc, edge_index, shifts, energy,
                  None if forces is None else np.asarray(forces, dtype=np.float64),
                  None if stress is None else np.asarray(stress, dtype=np.float64).reshape(3, 3))

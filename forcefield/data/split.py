@@ -11,7 +11,6 @@ from forcefield.errors import InputError
 __all__ = ["is_isolated_atom", "extract_e0", "train_valid_split"]
 
 
-
 def _normalise_type(config_type: str) -> str:
     return "".join(ch for ch in str(config_type).lower() if ch.isalnum())
 
@@ -33,13 +32,15 @@ def _where(frame, position: int) -> str:
     return frame_location(frame, position)
 
 
-def extract_e0(frames: Sequence, atol: float = 1e-6) -> tuple[list, dict[str, float]]:
+def extract_e0(frames: Sequence, atol: float = 1e-6,
+               energy_key: str = "energy") -> tuple[list, dict[str, float]]:
     """Split isolated-atom frames off ``frames``.
 
     Returns ``(remaining_frames, e0)`` where ``e0`` maps element symbol to the energy of
     its isolated atom (eV). InputError if an isolated-atom frame has no energy, more than
     one atom, or the same element appears twice with energies differing by more than
-    ``atol`` eV.
+    ``atol`` eV. ``energy_key`` (the key the energies were read under) is named in the
+    message for a missing energy.
     """
     from ase.data import chemical_symbols
 
@@ -57,7 +58,9 @@ def extract_e0(frames: Sequence, atol: float = 1e-6) -> tuple[list, dict[str, fl
                 f"but the structure has {len(frame.numbers)} atoms"
             )
         if frame.energy is None:
-            raise InputError(f"{where}: isolated atom has no energy, so its E0 is unknown")
+            raise InputError(
+                f"{where}: isolated atom has no energy (key '{energy_key}'), so its E0 is unknown"
+            )
         symbol = chemical_symbols[int(frame.numbers[0])]
         energy = float(frame.energy)
         if symbol in e0:

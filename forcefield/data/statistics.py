@@ -138,8 +138,13 @@ def neighbor_pairs(frame, r_max: float) -> tuple[np.ndarray, np.ndarray]:
     """Full neighbour list ``(i, j)`` within ``r_max`` (Å), periodic images included.
 
     Uses vesin; falls back to ``ase.neighborlist.neighbor_list`` if vesin rejects the
-    structure. Non-periodic frames are passed to vesin with a zero cell.
+    structure. Non-periodic frames are passed to vesin with a zero cell. A cell the
+    neighbour list cannot handle is an InputError naming the frame (`check_cell`).
     """
+    from forcefield.data.frames import frame_location
+    from forcefield.data.graph import check_cell
+
+    check_cell(frame.cell, frame.pbc, frame_location(frame), r_max)
     positions = np.ascontiguousarray(frame.positions, dtype=np.float64)
     pbc = np.asarray(frame.pbc, dtype=bool)
     if pbc.any():

@@ -21,8 +21,8 @@ class SwitchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
     tau: float = Field(0.1, gt=0, description="softness of the minimum, Å")
-    r_on: Optional[float] = Field(None, description="d_i below which s_i = 1 (Å); default 0.75 r_max")
-    r_off: Optional[float] = Field(None, description="d_i above which s_i = 0 (Å); default r_max")
+    r_on: Optional[float] = Field(None, ge=0, description="d_i below which s_i = 1 (Å); default 0.75 r_max")
+    r_off: Optional[float] = Field(None, gt=0, description="d_i above which s_i = 0 (Å); default r_max")
 
 
 class ModelConfig(BaseModel):

@@ -5,6 +5,7 @@ Every section forbids unknown keys, so a misspelt key is an error that names it.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Literal, Optional, Tuple, Union
 
@@ -44,6 +45,8 @@ class DensConfig(BaseModel):
     energy_loss: bool = Field(False, description="energy loss of DeNS samples against the original energy")
     uncorrupted_force_loss: bool = Field(False, description="force loss on the undisplaced atoms of DeNS samples")
     decay: bool = Field(True, description="linear decay of the coefficient to 0 over training")
+    end: float = Field(1.0, gt=0, le=1, description="fraction of the budget after which DeNS stops "
+                       "(with decay, the coefficient reaches 0 there); later structures are not corrupted")
 
 
 class FinalStageConfig(BaseModel):
@@ -124,8 +127,11 @@ def load_config(source: Union[str, Path, dict], base_dir: Optional[Path] = None)
         d = cfg.data
         for key in ("train", "valid", "test", "isolated_atoms"):
             value = getattr(d, key)
-            if isinstance(value, str) and not Path(value).is_absolute():
-                setattr(d, key, str((Path(base_dir) / value).resolve()))
+            if isinstance(value, str):
+                value = os.path.expanduser(value)
+                if not Path(value).is_absolute():
+                    value = str((Path(base_dir) / value).resolve())
+                setattr(d, key, value)
     return cfg
 
 
@@ -176,6 +182,7 @@ dens:                         # denoising non-equilibrium structures (training o
   energy_loss: false          # true: energy loss of DeNS samples against the original energy
   uncorrupted_force_loss: false  # true: force loss on their undisplaced atoms (paper's regime)
   decay: true                 # coefficient decays linearly to 0 over training
+  end: 1.0                    # fraction of the budget after which DeNS stops (decay reaches 0 there)
 
 training:
   max_epochs: 100

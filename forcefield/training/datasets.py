@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Mapping
 
 from forcefield.data.frames import Frame, check_labels, check_species, read_frames
 from forcefield.data.split import extract_e0, train_valid_split
 from forcefield.data.statistics import avg_num_neighbors, fit_species_shift, force_rms
+from forcefield.errors import InputError
 from forcefield.training.config import Config
 
 
@@ -23,26 +24,66 @@ def _read(path: str, cfg: Config) -> List[Frame]:
     return read_frames(path, energy_key=d.energy_key, forces_key=d.forces_key, stress_key=d.stress_key)
 
 
+def _without_e0(path: str, cfg: Config):
+    return extract_e0(_read(path, cfg), energy_key=cfg.data.energy_key)
+
+
+def _stages(cfg: Config):
+    """(config prefix, {energy, forces, stress} weights) of each training stage."""
+    tr = cfg.training
+    w = {"energy": tr.energy_weight, "forces": tr.forces_weight, "stress": tr.stress_weight}
+    yield "training.", w
+    fs = getattr(tr, "final_stage", None)
+    if fs is not None and fs.enabled:
+        final = {k: v if getattr(fs, f"{k}_weight") is None else getattr(fs, f"{k}_weight") for k, v in w.items()}
+        yield "training.final_stage.", final
+
+
+def check_loss_weights(cfg: Config, train: List[Frame]) -> None:
+    """InputError unless, in every stage, some loss term with a non-zero weight has data to
+    act on (with all of them zero the first backward pass fails with a RuntimeError)."""
+    has_stress = any(f.stress is not None for f in train)
+    for prefix, w in _stages(cfg):
+        if w["energy"] > 0 or w["forces"] > 0 or (w["stress"] > 0 and has_stress):
+            continue
+        names = ", ".join(f"{prefix}{k}_weight" for k in ("energy", "forces", "stress"))
+        if w["stress"] > 0:
+            raise InputError(f"{names}: only stress_weight is > 0 but no training structure has a stress "
+                             f"(key '{cfg.data.stress_key}'): nothing to train on")
+        raise InputError(f"{names} are all 0: nothing to train on")
+
+
+def _check_test_geometry(frames: List[Frame], cfg: Config) -> None:
+    """Coincident atoms or a bad cell in data.test are reported now, not after training."""
+    from forcefield.training.batches import frame_to_graph
+    for f in frames:
+        frame_to_graph(f, cfg.model.species, cfg.model.r_max)
+
+
 def load_datasets(cfg: Config) -> Datasets:
     d, species, tr = cfg.data, cfg.model.species, cfg.training
-    train, e0 = extract_e0(_read(d.train, cfg))
+    train, e0 = _without_e0(d.train, cfg)
     if d.isolated_atoms:
-        _, e0_file = extract_e0(_read(d.isolated_atoms, cfg))
+        _, e0_file = _without_e0(d.isolated_atoms, cfg)
         e0 = {**e0_file, **e0}
     if isinstance(d.valid, str):
-        valid = extract_e0(_read(d.valid, cfg))[0]
+        valid = _without_e0(d.valid, cfg)[0]
     else:
         train, valid = train_valid_split(train, d.valid, tr.seed)
-    test = extract_e0(_read(d.test, cfg))[0] if d.test else []
+    test = _without_e0(d.test, cfg)[0] if d.test else []
     need_forces = tr.forces_weight > 0 or cfg.dens.enabled
     for name, frames, path in (("train", train, d.train), ("valid", valid, d.valid), ("test", test, d.test)):
+        if not frames and name == "valid" and not isinstance(path, str):
+            raise InputError(f"data.valid fraction {path}: no valid structures ({d.train} has "
+                             f"{len(train)} structure(s) after removing isolated atoms)")
         if not frames and name != "test":
-            from forcefield.errors import InputError
             raise InputError(f"{path}: no {name} structures (after removing isolated atoms)")
         check_species(frames, species, path if isinstance(path, str) else d.train)
         check_labels(frames, need_energy=tr.energy_weight > 0, need_forces=need_forces, need_stress=False,
                      path=path if isinstance(path, str) else d.train, energy_key=d.energy_key,
                      forces_key=d.forces_key, stress_key=d.stress_key)
+    check_loss_weights(cfg, train)
+    _check_test_geometry(test, cfg)
     for s in e0:
         if s not in species:
             e0 = {k: v for k, v in e0.items() if k in species}
@@ -50,11 +91,30 @@ def load_datasets(cfg: Config) -> Datasets:
     return Datasets(train, valid, test, e0)
 
 
+def check_species_covered(cfg: Config, train: List[Frame], e0: Mapping[str, float]) -> None:
+    """InputError naming the first species of model.species whose energy shift would be made
+    up: it occurs in no training structure with an energy (when some have one) and neither
+    model.e0, data.isolated_atoms, isolated atoms in data.train nor model.shift gives it."""
+    from ase.data import chemical_symbols
+    m, d = cfg.model, cfg.data
+    given = set(e0) | set(m.shift or {})
+    labelled = [f for f in train if f.energy is not None]
+    seen = {chemical_symbols[int(z)] for f in (labelled or train) for z in f.numbers}
+    for s in m.species:
+        if s in seen or s in given:
+            continue
+        what = "structure with an energy" if labelled else "structure"
+        raise InputError(f"model.species: element '{s}' occurs in no training {what} of {d.train}, so its "
+                         "energy shift and E0 would be made up; give its isolated-atom energy in model.e0 "
+                         "or data.isolated_atoms, or remove it from model.species")
+
+
 def statistics(cfg: Config, data: Datasets) -> Dict[str, object]:
     """shift (mu_Z), scale (force RMS), e0 and avg_num_neighbors for the model config."""
     m = cfg.model
     e0 = dict(data.e0)
     e0.update(m.e0 or {})
+    check_species_covered(cfg, data.train, e0)
     shift = m.shift or fit_species_shift(data.train, m.species, e0=e0 or None)
     return {"shift": shift, "scale": force_rms(data.train, shift), "e0": e0 or None,
             "avg_num_neighbors": avg_num_neighbors(data.train, m.r_max)}
@@ -67,4 +127,3 @@ def model_config_with_statistics(cfg: Config, stats: Dict[str, object]):
     m.e0 = stats["e0"]
     m.avg_num_neighbors = float(stats["avg_num_neighbors"])
     return m
-

@@ -108,12 +108,12 @@ class Trainer:
                 raise InputError(f"{last}: nothing to resume from")
             resume_ckpt = read_checkpoint(last)
             self.resume_changes = check_resume_config(resume_ckpt["config"], cfg.model_dump(mode="json"), self.out)
-        elif existing and not overwrite:
-            raise InputError(f"{self.out}: already holds a training run ({', '.join(existing)}); "
-                             "continue it with --resume or replace it with --overwrite")
         self._replace = [f for f in existing if not resume]
 
-        self.data = load_datasets(cfg)
+        self.data = load_datasets(cfg)  # bad data is reported before a taken output folder
+        if self._replace and not overwrite:
+            raise InputError(f"{self.out}: already holds a training run ({', '.join(existing)}); "
+                             "continue it with --resume or replace it with --overwrite")
         if resume_ckpt is not None:
             model_cfg = resume_ckpt["model_config"]
         else:
@@ -221,7 +221,9 @@ class Trainer:
         d = self.cfg.dens
         if not d.enabled:
             return 0.0
-        return d.coefficient * (max(0.0, 1.0 - progress) if d.decay else 1.0)
+        if progress >= d.end:
+            return 0.0
+        return d.coefficient * (max(0.0, 1.0 - progress / d.end) if d.decay else 1.0)
 
     def _out_of_time(self) -> bool:
         tr = self.cfg.training
@@ -245,8 +247,9 @@ class Trainer:
         for b in range(state["next"], len(batches)):
             idx = batches[b]
             state["coef"] = coef = self.dens_coefficient(self.schedule.progress(self.elapsed))
+            dens = self.cfg.dens if self.cfg.dens.enabled and coef > 0.0 else None
             batch = make_batch([self.train_graphs[i] for i in idx], self.species, self.r_max, self.dtype,
-                               self.device, self.rng, self.cfg.dens if self.cfg.dens.enabled else None)
+                               self.device, self.rng, dens)
             self.optimizer.zero_grad(set_to_none=True)
             loss, parts, _ = batch_loss(self.model, batch, weights, self.encoder, self.head, coef)
             loss.backward()
