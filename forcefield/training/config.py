@@ -55,10 +55,10 @@ class FinalStageConfig(BaseModel):
     enabled: bool = True
     start: float = Field(0.8, gt=0, le=1, description="fraction of the budget (max_epochs or max_time) "
                          "after which it starts, if stage 1 has not converged before")
-    energy_weight: Optional[float] = Field(None, ge=0, description="null: keep training.energy_weight")
+    energy_weight: Optional[float] = Field(100.0, ge=0, description="null: keep training.energy_weight")
     forces_weight: Optional[float] = Field(None, ge=0, description="null: keep training.forces_weight")
     stress_weight: Optional[float] = Field(None, ge=0, description="null: keep training.stress_weight")
-    lr: Optional[float] = Field(None, gt=0, description="LR at the start of the stage; null: training.lr")
+    lr: Optional[float] = Field(None, gt=0, description="LR at the start of the stage; null: 0.1 training.lr")
 
 
 class TrainingConfig(BaseModel):
@@ -202,10 +202,10 @@ training:
   final_stage:                # last stage with other loss weights (MACE-style energy stage)
     enabled: true
     start: 0.8                # fraction of the budget, or earlier when stage 1 has converged
-    energy_weight: null       # null = keep the weights below
-    forces_weight: null
+    energy_weight: 100.0      # null = keep training.energy_weight
+    forces_weight: null       # null = keep training.forces_weight
     stress_weight: null
-    lr: null                  # LR at the start of the stage (null = lr)
+    lr: null                  # LR at the start of the stage (null = 0.1 lr)
   ema_decay: 0.99             # exponential moving average of weights; null = off
   grad_clip: 10.0
   seed: 0

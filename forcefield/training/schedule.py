@@ -14,7 +14,7 @@ without improvement counts as a full patience.
     final stage    (optional) from `final_stage.start` of the budget, or as soon as the plateau
                    schedule sits at its floor without improving for `patience_steps`: the loss
                    weights change (typically a larger energy weight, as in MACE's SWA stage),
-                   the LR is reset to final_stage.lr and the best-checkpoint tracking restarts
+                   the LR is set to final_stage.lr (default 0.1 lr) and the best-checkpoint tracking restarts
                    (the validation loss has changed meaning)
     early stop     training ends when the last stage sits at its floor (or, for cosine/none,
                    simply) without a validation improvement for `patience_steps`
@@ -50,7 +50,9 @@ class Schedule:
     @property
     def stage_base_lr(self) -> float:
         fs = self.tr.final_stage
-        return float(fs.lr if (self.stage == 2 and fs.lr is not None) else self.base_lr)
+        if self.stage == 2:
+            return float(fs.lr if fs.lr is not None else 0.1 * self.base_lr)
+        return self.base_lr
 
     def progress(self, elapsed: float) -> float:
         """Fraction of the budget used: steps of max_epochs, or time of max_time if larger."""
