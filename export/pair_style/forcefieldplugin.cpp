@@ -51,6 +51,8 @@ LAMMPS_NS::Pair *pair_forcefield_creator(LAMMPS_NS::LAMMPS *lmp)
 
 // LAMMPS keeps the record (and its string pointers) after registration
 std::string plugin_version;
+const std::string plugin_info = "forcefield ML potential pair style (TorchScript, format_version " +
+    std::to_string(LAMMPS_NS::PairForcefield::FORMAT_VERSION) + ")";
 
 }    // namespace
 
@@ -66,7 +68,7 @@ extern "C" void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
   plugin.version = plugin_version.c_str();
   plugin.style = "pair";
   plugin.name = "forcefield";
-  plugin.info = "forcefield ML potential pair style (TorchScript, format_version 1)";
+  plugin.info = plugin_info.c_str();
   plugin.author = "forcefield developers";
   plugin.creator.v1 = (forcefield_plugin_factory1 *) &pair_forcefield_creator;
   plugin.handle = handle;

@@ -20,6 +20,9 @@
    - the ghost shell must reach num_layers*r_max (+ skin) so that every
      message reaching an owned atom is computed from complete
      neighbourhoods; the pair style raises comm->cutghostuser to that.
+
+   The exported-file contract (FORMAT_VERSION, METADATA_KEYS) is declared
+   in pair_forcefield.h.
 ------------------------------------------------------------------------- */
 
 #include <torch/cuda.h>
@@ -43,53 +46,41 @@
 #include <malloc.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
-#include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <sstream>
+#include <unordered_map>
 
 using namespace LAMMPS_NS;
 
 namespace LAMMPS_NS {
+
 struct ForcefieldTorchState {
   torch::jit::Module model;
   torch::Device device{torch::kCPU};
   torch::Dtype dtype{torch::kFloat64};    // model dtype: kFloat32 or kFloat64
 };
+
+// one model evaluation: what pack_inputs() gives run_model(), and what
+// run_model() gives scatter_outputs()
+struct ForcefieldModelCall {
+  int64_t nlocal = 0;    // atoms [0, nlocal) are owned: the energy is theirs
+  // inputs, on the model's device: pos [N,3] (model dtype), species [N],
+  // edge_index [2,E], shifts [E,3] (zero)
+  torch::Tensor pos, species, edge_index, shifts;
+  // outputs, as the model returned them: energy [], node_energy [N],
+  // forces [N,3], virial [6]
+  torch::Tensor energy, node_energy, forces, virial;
+};
+
 }    // namespace LAMMPS_NS
 
 namespace {
 
-std::string trim(const std::string &s)
-{
-  const char *ws = " \t\r\n";
-  auto b = s.find_first_not_of(ws);
-  if (b == std::string::npos) return "";
-  auto e = s.find_last_not_of(ws);
-  return s.substr(b, e - b + 1);
-}
-
-std::vector<std::string> split_ws(const std::string &s)
-{
-  std::vector<std::string> out;
-  std::istringstream in(s);
-  std::string w;
-  while (in >> w) out.push_back(w);
-  return out;
-}
-
-std::string join(const std::vector<std::string> &v, const std::string &sep)
-{
-  std::string out;
-  for (size_t k = 0; k < v.size(); ++k) {
-    if (k) out += sep;
-    out += v[k];
-  }
-  return out;
-}
+constexpr const char *PAIR_STYLE_USAGE = "Usage: pair_style forcefield <model.pt> [device cpu|cuda|auto]";
 
 // Every model evaluation allocates and frees large tensors (hundreds of MB for thousands
 // of atoms). glibc serves blocks above its mmap threshold (at most 32 MB) with fresh
@@ -124,7 +115,7 @@ double walltime()
 std::string first_line(const std::string &s)
 {
   auto n = s.find('\n');
-  return trim(n == std::string::npos ? s : s.substr(0, n));
+  return utils::trim(n == std::string::npos ? s : s.substr(0, n));
 }
 
 }    // namespace
@@ -132,9 +123,9 @@ std::string first_line(const std::string &s)
 /* ---------------------------------------------------------------------- */
 
 PairForcefield::PairForcefield(LAMMPS *lmp) :
-    Pair(lmp), ts(new ForcefieldTorchState), model_loaded(false), r_max(0.0),
-    num_layers(0), type2species(nullptr), inputs_dumped(false), timing(false), time_model(0.0),
-    time_outside(0.0), ncalls(0)
+    Pair(lmp), ts(std::make_unique<ForcefieldTorchState>()), model_loaded(false), r_max(0.0),
+    num_layers(0), inputs_dumped(false), timing(false), time_model(0.0), time_outside(0.0),
+    ncalls(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -149,15 +140,15 @@ PairForcefield::PairForcefield(LAMMPS *lmp) :
 
 /* ---------------------------------------------------------------------- */
 
+// ts and the std::vector members free themselves; the per-type arrays the
+// Pair base class expects are LAMMPS memory
 PairForcefield::~PairForcefield()
 {
   if (copymode) return;
-  delete ts;
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
     memory->destroy(cutghost);
-    delete[] type2species;
   }
 }
 
@@ -176,8 +167,7 @@ void PairForcefield::allocate()
       cutsq[i][j] = 0.0;
       cutghost[i][j] = 0.0;
     }
-  type2species = new int[n];
-  for (int i = 0; i < n; i++) type2species[i] = -1;
+  type2species.assign(n, -1);
 }
 
 /* ----------------------------------------------------------------------
@@ -186,8 +176,8 @@ void PairForcefield::allocate()
 
 void PairForcefield::settings(int narg, char **arg)
 {
-  const std::string usage = "Usage: pair_style forcefield <model.pt> [device cpu|cuda|auto]";
-  if (narg < 1) error->all(FLERR, "Illegal pair_style forcefield command: missing model file. " + usage);
+  if (narg < 1)
+    error->all(FLERR, "Illegal pair_style forcefield command: missing model file. {}", PAIR_STYLE_USAGE);
 
   std::string path = arg[0];
   std::string dev = "auto";
@@ -196,14 +186,15 @@ void PairForcefield::settings(int narg, char **arg)
     std::string key = arg[iarg];
     if (key == "device") {
       if (iarg + 1 >= narg)
-        error->all(FLERR, "Illegal pair_style forcefield command: 'device' needs a value (cpu, cuda or auto). " + usage);
+        error->all(FLERR, "Illegal pair_style forcefield command: 'device' needs a value (cpu, cuda or auto). {}",
+                   PAIR_STYLE_USAGE);
       dev = arg[iarg + 1];
       if (dev != "cpu" && dev != "cuda" && dev != "auto")
-        error->all(FLERR, "Illegal pair_style forcefield command: unknown device '" + dev +
-                              "' (expected cpu, cuda or auto). " + usage);
+        error->all(FLERR, "Illegal pair_style forcefield command: unknown device '{}' (expected cpu, cuda or auto). {}",
+                   dev, PAIR_STYLE_USAGE);
       iarg += 2;
     } else {
-      error->all(FLERR, "Illegal pair_style forcefield command: unknown keyword '" + key + "'. " + usage);
+      error->all(FLERR, "Illegal pair_style forcefield command: unknown keyword '{}'. {}", key, PAIR_STYLE_USAGE);
     }
   }
 
@@ -255,8 +246,7 @@ void PairForcefield::select_device(const std::string &choice)
     ts->device = torch::Device(torch::kCUDA, (c10::DeviceIndex) (local_rank % ngpu));
   }
   if (comm->me == 0)
-    utils::logmesg(lmp, "pair_style forcefield: device " + ts->device.str() + " (requested " + choice +
-                            ")\n");
+    utils::logmesg(lmp, "pair_style forcefield: device {} (requested {})\n", ts->device.str(), choice);
 }
 
 /* ----------------------------------------------------------------------
@@ -268,14 +258,11 @@ void PairForcefield::load_model(const std::string &path)
   {
     std::ifstream probe(path, std::ios::binary);
     if (!probe.good())
-      error->all(FLERR, "pair_style forcefield: cannot open model file '" + path +
-                            "' (missing or unreadable)");
+      error->all(FLERR, "pair_style forcefield: cannot open model file '{}' (missing or unreadable)", path);
   }
 
-  const std::vector<std::string> keys = {"format_version", "species", "r_max", "num_layers",
-                                         "dtype", "metadata.json"};
   std::unordered_map<std::string, std::string> extra;
-  for (const auto &k : keys) extra[k] = "";
+  for (const char *k : METADATA_KEYS) extra[k] = "";
 
   torch::jit::Module m;
   std::string failure;
@@ -287,52 +274,49 @@ void PairForcefield::load_model(const std::string &path)
     failed = true;
   }
   if (failed)
-    error->all(FLERR, "pair_style forcefield: '" + path +
-                          "' is not a loadable TorchScript file (export the model with "
-                          "forcefield's export_model): " + failure);
+    error->all(FLERR,
+               "pair_style forcefield: '{}' is not a loadable TorchScript file (export the model with "
+               "forcefield's export_model): {}",
+               path, failure);
 
   std::vector<std::string> missing;
-  for (const auto &k : keys)
-    if (trim(extra[k]).empty()) missing.push_back(k);
+  for (const char *k : METADATA_KEYS)
+    if (utils::trim(extra[k]).empty()) missing.push_back(k);
   if (!missing.empty())
-    error->all(FLERR, "pair_style forcefield: '" + path +
-                          "' is not a forcefield export: missing metadata " + join(missing, ", ") +
-                          " (re-export the model with forcefield's export_model)");
+    error->all(FLERR,
+               "pair_style forcefield: '{}' is not a forcefield export: missing metadata {} (re-export "
+               "the model with forcefield's export_model)",
+               path, utils::join_words(missing, ", "));
 
-  std::string fv = trim(extra["format_version"]);
+  const std::string fv = utils::trim(extra["format_version"]);
   if (fv != std::to_string(FORMAT_VERSION))
-    error->all(FLERR, "pair_style forcefield: '" + path + "' has unsupported format_version '" + fv +
-                          "'; this pair style reads format_version " +
-                          std::to_string(FORMAT_VERSION) +
-                          " (rebuild the plugin from the same forcefield version that exported "
-                          "the model)");
+    error->all(FLERR,
+               "pair_style forcefield: '{}' has unsupported format_version '{}'; this pair style reads "
+               "format_version {} (rebuild the plugin from the same forcefield version that exported "
+               "the model)",
+               path, fv, FORMAT_VERSION);
 
-  std::vector<std::string> species = split_ws(extra["species"]);
-  if (species.empty()) error->all(FLERR, "pair_style forcefield: '" + path + "' lists no species");
+  std::vector<std::string> species = utils::split_words(extra["species"]);
+  if (species.empty()) error->all(FLERR, "pair_style forcefield: '{}' lists no species", path);
 
-  double rc = 0.0;
-  int nl = 0;
-  try {
-    rc = std::stod(trim(extra["r_max"]));
-    nl = std::stoi(trim(extra["num_layers"]));
-  } catch (const std::exception &) {
-    error->all(FLERR, "pair_style forcefield: '" + path + "' has malformed r_max '" +
-                          trim(extra["r_max"]) + "' or num_layers '" + trim(extra["num_layers"]) +
-                          "'");
-  }
+  const std::string rs = utils::trim(extra["r_max"]);
+  const std::string ns = utils::trim(extra["num_layers"]);
+  if (!utils::is_double(rs) || !utils::is_integer(ns))
+    error->all(FLERR, "pair_style forcefield: '{}' has malformed r_max '{}' or num_layers '{}'", path, rs, ns);
+  const double rc = utils::numeric(FLERR, rs, false, lmp);
+  const int nl = utils::inumeric(FLERR, ns, false, lmp);
   if (!(rc > 0.0) || !std::isfinite(rc) || nl < 1)
-    error->all(FLERR, "pair_style forcefield: '" + path + "' has invalid r_max " +
-                          trim(extra["r_max"]) + " or num_layers " + trim(extra["num_layers"]));
+    error->all(FLERR, "pair_style forcefield: '{}' has invalid r_max {} or num_layers {}", path, rs, ns);
 
-  std::string dt = trim(extra["dtype"]);
+  const std::string dt = utils::trim(extra["dtype"]);
   torch::Dtype tdt;
   if (dt == "float64")
     tdt = torch::kFloat64;
   else if (dt == "float32")
     tdt = torch::kFloat32;
   else
-    error->all(FLERR, "pair_style forcefield: '" + path + "' has unsupported dtype '" + dt +
-                          "' (expected float32 or float64)");
+    error->all(FLERR, "pair_style forcefield: '{}' has unsupported dtype '{}' (expected float32 or float64)",
+               path, dt);
 
   m.eval();
   ts->model = m;
@@ -349,10 +333,8 @@ void PairForcefield::load_model(const std::string &path)
   torch::jit::setFusionStrategy(strategy);
 
   if (comm->me == 0)
-    utils::logmesg(lmp,
-                   "pair_style forcefield: loaded " + path + "\n  species: " + join(species, " ") +
-                       "\n  r_max: " + trim(extra["r_max"]) +
-                       " A, num_layers: " + std::to_string(nl) + ", dtype: " + dt + "\n");
+    utils::logmesg(lmp, "pair_style forcefield: loaded {}\n  species: {}\n  r_max: {} A, num_layers: {}, dtype: {}\n",
+                   path, utils::join_words(species, " "), rs, nl, dt);
 }
 
 /* ----------------------------------------------------------------------
@@ -366,26 +348,27 @@ void PairForcefield::coeff(int narg, char **arg)
   if (!allocated) allocate();
 
   const int ntypes = atom->ntypes;
-  const std::string usage = "expected 'pair_coeff * * <element for each of the " +
-                            std::to_string(ntypes) + " atom types>'";
   if (narg < 2 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
-    error->all(FLERR, "pair_coeff for pair_style forcefield must be of the form 'pair_coeff * * "
-                      "El1 El2 ...' (type ranges other than '* *' are not supported); " + usage);
+    error->all(FLERR,
+               "pair_coeff for pair_style forcefield must be of the form 'pair_coeff * * El1 El2 ...' "
+               "(type ranges other than '* *' are not supported); expected 'pair_coeff * * <element "
+               "for each of the {} atom types>'",
+               ntypes);
   if (narg - 2 != ntypes)
-    error->all(FLERR, "pair_coeff for pair_style forcefield: got " + std::to_string(narg - 2) +
-                          " element(s) for " + std::to_string(ntypes) + " atom type(s); " +
-                          usage + " (model species: " + join(model_species, " ") + ")");
+    error->all(FLERR,
+               "pair_coeff for pair_style forcefield: got {} element(s) for {} atom type(s); expected "
+               "'pair_coeff * * <element for each of the {} atom types>' (model species: {})",
+               narg - 2, ntypes, ntypes, utils::join_words(model_species, " "));
 
   for (int itype = 1; itype <= ntypes; itype++) {
-    std::string el = arg[itype + 1];
-    int idx = -1;
-    for (size_t s = 0; s < model_species.size(); s++)
-      if (model_species[s] == el) idx = (int) s;
-    if (idx < 0)
-      error->all(FLERR, "pair_coeff for pair_style forcefield: element '" + el + "' (atom type " +
-                            std::to_string(itype) + ") is not in the model '" + model_path +
-                            "'; the model's species are: " + join(model_species, " "));
-    type2species[itype] = idx;
+    const std::string el = arg[itype + 1];
+    auto found = std::find(model_species.begin(), model_species.end(), el);
+    if (found == model_species.end())
+      error->all(FLERR,
+                 "pair_coeff for pair_style forcefield: element '{}' (atom type {}) is not in the model "
+                 "'{}'; the model's species are: {}",
+                 el, itype, model_path, utils::join_words(model_species, " "));
+    type2species[itype] = (int) (found - model_species.begin());
   }
   for (int i = 1; i <= ntypes; i++)
     for (int j = i; j <= ntypes; j++) setflag[i][j] = 1;
@@ -400,27 +383,29 @@ void PairForcefield::init_style()
     error->all(FLERR, "pair_style forcefield requires 'newton on' (forces on ghost atoms are "
                       "summed by reverse communication); remove 'newton off' from the input");
   if (strcmp(update->unit_style, "metal") != 0)
-    error->all(FLERR, "pair_style forcefield requires 'units metal' (eV, Angstrom), got 'units " +
-                          std::string(update->unit_style) + "'");
+    error->all(FLERR, "pair_style forcefield requires 'units metal' (eV, Angstrom), got 'units {}'",
+               update->unit_style);
 
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
 
   // ghost atoms must reach num_layers * r_max (+ skin, atoms move between
   // neighbour-list builds) so that owned atoms see complete receptive fields
+  // (lengths logged with six decimals)
   double need = num_layers * r_max + neighbor->skin;
   if (comm->mode == Comm::SINGLE) {
     if (comm->cutghostuser < need) {
       comm->cutghostuser = need;
       if (comm->me == 0)
-        utils::logmesg(lmp, "pair_style forcefield: ghost cutoff set to " + std::to_string(need) +
-                                " A = num_layers (" + std::to_string(num_layers) +
-                                ") * r_max (" + std::to_string(r_max) + ") + skin (" +
-                                std::to_string(neighbor->skin) + ")\n");
+        utils::logmesg(lmp,
+                       "pair_style forcefield: ghost cutoff set to {:.6f} A = num_layers ({}) * r_max "
+                       "({:.6f}) + skin ({:.6f})\n",
+                       need, num_layers, r_max, neighbor->skin);
     }
   } else {
-    error->all(FLERR, "pair_style forcefield needs a single ghost cutoff of at least " +
-                          std::to_string(need) + " A: use 'comm_modify mode single cutoff " +
-                          std::to_string(need) + "'");
+    error->all(FLERR,
+               "pair_style forcefield needs a single ghost cutoff of at least {:.6f} A: use "
+               "'comm_modify mode single cutoff {:.6f}'",
+               need, need);
   }
 }
 
@@ -434,7 +419,10 @@ double PairForcefield::init_one(int i, int j)
   return r_max;
 }
 
-/* ---------------------------------------------------------------------- */
+/* ----------------------------------------------------------------------
+   one force evaluation: select what the model needs, pack it into
+   tensors, call the model, add its outputs to LAMMPS' arrays
+------------------------------------------------------------------------- */
 
 void PairForcefield::compute(int eflag, int vflag)
 {
@@ -453,22 +441,44 @@ void PairForcefield::compute(int eflag, int vflag)
   // (its ghost atoms' owners get their forces from the other ranks)
   if (nlocal == 0 || nall == 0) return;
 
-  double **x = atom->x;
-  double **f = atom->f;
-  int *type = atom->type;
+  select_receptive_field(nlocal, nall);
+  build_edges();
+  ForcefieldModelCall call;
+  pack_inputs(nlocal, call);
+  dump_inputs_once(call);
 
-  // ---- which atoms and edges the model needs ----
-  // Only owned atoms carry energy, so with L message-passing layers an atom
-  // matters only if it is within L hops (edges shorter than r_max) of an owned
-  // atom, and an edge only if its centre is within L-1 hops. hop[i] is that
-  // distance in hops (L+1: beyond). Everything else in the (L r_max + skin)
-  // ghost shell is dropped, and the kept atoms are renumbered: owned atoms keep
-  // 0..nlocal-1, kept ghosts follow in LAMMPS order. The result is identical
-  // to sending every atom and edge (the model prunes the same way inside).
-  int *ilist = list->ilist;
-  int *numneigh = list->numneigh;
+  const double t_model0 = timing ? walltime() : 0.0;
+  run_model(call);
+  const double t_model1 = timing ? walltime() : 0.0;
+
+  scatter_outputs(call);
+
+  if (timing) {
+    const double t_end = walltime();
+    time_model += t_model1 - t_model0;
+    time_outside += (t_model0 - t_start) + (t_end - t_model1);
+    ncalls++;
+  }
+}
+
+/* ----------------------------------------------------------------------
+   which atoms the model needs (fills hop, new_index, kept)
+
+   Only owned atoms carry energy, so with L message-passing layers an atom
+   matters only if it is within L hops (edges shorter than r_max) of an owned
+   atom, and an edge only if its centre is within L-1 hops. hop[i] is that
+   distance in hops (L+1: beyond), from a breadth-first search over the
+   neighbour list. Everything else in the (L r_max + skin) ghost shell is
+   dropped, and the kept atoms are renumbered: owned atoms keep
+   0..nlocal-1, kept ghosts follow in LAMMPS order. The result is identical
+   to sending every atom and edge (the model prunes the same way inside).
+------------------------------------------------------------------------- */
+
+void PairForcefield::select_receptive_field(int nlocal, int nall)
+{
+  double **x = atom->x;
+  const int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
-  const int ntotal = list->inum + list->gnum;
   const double rsq_max = r_max * r_max;
   const int far = num_layers + 1;
 
@@ -505,9 +515,23 @@ void PairForcefield::compute(int eflag, int vflag)
       new_index[i] = (int) kept.size();
       kept.push_back(i);
     }
-  const int nkept = (int) kept.size();
+}
 
-  // ---- edges i->j with centre i within L-1 hops (owned and ghost centres) ----
+/* ----------------------------------------------------------------------
+   the edges i->j (model numbering, in edge_src/edge_dst) with |x_j - x_i|
+   < r_max and centre i within L-1 hops of an owned atom (owned and ghost
+   centres); needs select_receptive_field() first
+------------------------------------------------------------------------- */
+
+void PairForcefield::build_edges()
+{
+  double **x = atom->x;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+  const int ntotal = list->inum + list->gnum;
+  const double rsq_max = r_max * r_max;
+
   edge_src.clear();
   edge_dst.clear();
   for (int ii = 0; ii < ntotal; ii++) {
@@ -526,9 +550,20 @@ void PairForcefield::compute(int eflag, int vflag)
       }
     }
   }
+}
+
+/* ----------------------------------------------------------------------
+   the model inputs on the model's device: positions (model dtype) and
+   species of the kept atoms, edge_index from build_edges(), zero shifts
+------------------------------------------------------------------------- */
+
+void PairForcefield::pack_inputs(int nlocal, ForcefieldModelCall &call)
+{
+  double **x = atom->x;
+  const int *type = atom->type;
+  const int nkept = (int) kept.size();
   const int64_t nedges = (int64_t) edge_src.size();
 
-  // ---- species and positions (model dtype) of the kept atoms ----
   species_buf.resize(nkept);
   for (int k = 0; k < nkept; k++) species_buf[k] = type2species[type[kept[k]]];
 
@@ -550,43 +585,55 @@ void PairForcefield::compute(int eflag, int vflag)
     pos = torch::from_blob(pos_f.data(), {nkept, 3}, torch::TensorOptions().dtype(torch::kFloat32));
   }
   // copies: the model must not see (or keep) pointers into our buffers
-  pos = pos.to(ts->device, /*non_blocking=*/false, /*copy=*/true);
-  torch::Tensor species = torch::from_blob(species_buf.data(), {nkept}, i64).to(ts->device, false, true);
+  call.pos = pos.to(ts->device, /*non_blocking=*/false, /*copy=*/true);
+  call.species = torch::from_blob(species_buf.data(), {nkept}, i64).to(ts->device, false, true);
   torch::Tensor edge_index = torch::empty({2, nedges}, i64);
   if (nedges > 0) {
     std::memcpy(edge_index.data_ptr<int64_t>(), edge_src.data(), nedges * sizeof(int64_t));
     std::memcpy(edge_index.data_ptr<int64_t>() + nedges, edge_dst.data(), nedges * sizeof(int64_t));
   }
-  edge_index = edge_index.to(ts->device);
-  torch::Tensor shifts = torch::zeros({nedges, 3}, torch::TensorOptions().dtype(ts->dtype).device(ts->device));
+  call.edge_index = edge_index.to(ts->device);
+  call.shifts = torch::zeros({nedges, 3}, torch::TensorOptions().dtype(ts->dtype).device(ts->device));
+  call.nlocal = nlocal;
+}
 
-  const double t_model0 = timing ? walltime() : 0.0;
+/* ----------------------------------------------------------------------
+   debugging / benchmarking: FORCEFIELD_DUMP_INPUTS=file saves the model
+   inputs of the first evaluation (torch.load(file) -> (pos, species,
+   edge_index, shifts, n_local)); ranks other than 0 write file.rank<N>
+------------------------------------------------------------------------- */
+
+void PairForcefield::dump_inputs_once(const ForcefieldModelCall &call)
+{
+  if (inputs_dumped) return;
+  inputs_dumped = true;
+  const char *dump = std::getenv("FORCEFIELD_DUMP_INPUTS");
+  if (!dump || !*dump) return;
+
+  std::string fname = dump;
+  if (comm->me > 0) fname += ".rank" + std::to_string(comm->me);
+  auto cpu = [](const torch::Tensor &t) { return t.to(torch::kCPU); };
+  auto tuple = c10::ivalue::Tuple::create(
+      {cpu(call.pos), cpu(call.species), cpu(call.edge_index), cpu(call.shifts), c10::IValue(call.nlocal)});
+  std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(tuple));
+  std::ofstream out(fname, std::ios::binary);
+  out.write(bytes.data(), (std::streamsize) bytes.size());
+  if (!out.good())
+    error->one(FLERR, "pair_style forcefield: cannot write FORCEFIELD_DUMP_INPUTS file '{}'", fname);
+}
+
+/* ----------------------------------------------------------------------
+   call the model's forward() and keep its four output tensors
+------------------------------------------------------------------------- */
+
+void PairForcefield::run_model(ForcefieldModelCall &call)
+{
   std::vector<torch::jit::IValue> inputs;
-  inputs.emplace_back(pos);
-  inputs.emplace_back(species);
-  inputs.emplace_back(edge_index);
-  inputs.emplace_back(shifts);
-  inputs.emplace_back((int64_t) nlocal);
-
-  // debugging / benchmarking: FORCEFIELD_DUMP_INPUTS=file saves the model inputs of the
-  // first evaluation (torch.load(file) -> (pos, species, edge_index, shifts, n_local));
-  // ranks other than 0 write file.rank<N>
-  if (!inputs_dumped) {
-    inputs_dumped = true;
-    const char *dump = std::getenv("FORCEFIELD_DUMP_INPUTS");
-    if (dump && *dump) {
-      std::string fname = dump;
-      if (comm->me > 0) fname += ".rank" + std::to_string(comm->me);
-      auto cpu = [](const torch::Tensor &t) { return t.to(torch::kCPU); };
-      auto tuple = c10::ivalue::Tuple::create(
-          {cpu(pos), cpu(species), cpu(edge_index), cpu(shifts), c10::IValue((int64_t) nlocal)});
-      std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(tuple));
-      std::ofstream out(fname, std::ios::binary);
-      out.write(bytes.data(), (std::streamsize) bytes.size());
-      if (!out.good())
-        error->one(FLERR, "pair_style forcefield: cannot write FORCEFIELD_DUMP_INPUTS file '" + fname + "'");
-    }
-  }
+  inputs.emplace_back(call.pos);
+  inputs.emplace_back(call.species);
+  inputs.emplace_back(call.edge_index);
+  inputs.emplace_back(call.shifts);
+  inputs.emplace_back(call.nlocal);
 
   // the model differentiates its energy inside forward(): make sure autograd
   // is on even if LAMMPS is driven from Python under torch.no_grad()
@@ -600,24 +647,33 @@ void PairForcefield::compute(int eflag, int vflag)
     failure = first_line(e.what());
     failed = true;
   }
-  if (failed)
-    error->one(FLERR, "pair_style forcefield: model evaluation failed: " + failure);
-  const double t_model1 = timing ? walltime() : 0.0;
+  if (failed) error->one(FLERR, "pair_style forcefield: model evaluation failed: {}", failure);
   if (!result.isTuple() || result.toTupleRef().elements().size() != 4)
     error->one(FLERR, "pair_style forcefield: the model must return a tuple of 4 tensors "
                       "(energy, node_energy, forces, virial)");
   const auto &outs = result.toTupleRef().elements();
-  torch::Tensor energy = outs[0].toTensor();
-  torch::Tensor node_energy = outs[1].toTensor();
-  torch::Tensor forces = outs[2].toTensor();
-  torch::Tensor virial_t = outs[3].toTensor();
+  call.energy = outs[0].toTensor();
+  call.node_energy = outs[1].toTensor();
+  call.forces = outs[2].toTensor();
+  call.virial = outs[3].toTensor();
+}
 
+/* ----------------------------------------------------------------------
+   the model's outputs into LAMMPS (as double on the host): forces on every
+   kept atom (ghosts too: reverse communication sums them onto their owners),
+   energy, per-atom energy of the owned atoms, global virial
+------------------------------------------------------------------------- */
+
+void PairForcefield::scatter_outputs(const ForcefieldModelCall &call)
+{
+  double **f = atom->f;
+  const int nkept = (int) kept.size();
+  const int nlocal = (int) call.nlocal;
   auto cpu64 = torch::TensorOptions().dtype(torch::kFloat64).device(torch::kCPU);
-  forces = forces.detach().to(cpu64).contiguous();
-  if (forces.dim() != 2 || forces.size(0) != nkept || forces.size(1) != 3)
-    error->one(FLERR, "pair_style forcefield: model returned forces of wrong shape (expected [" +
-                          std::to_string(nkept) + ", 3])");
 
+  torch::Tensor forces = call.forces.detach().to(cpu64).contiguous();
+  if (forces.dim() != 2 || forces.size(0) != nkept || forces.size(1) != 3)
+    error->one(FLERR, "pair_style forcefield: model returned forces of wrong shape (expected [{}, 3])", nkept);
   const double *fm = forces.data_ptr<double>();
   for (int k = 0; k < nkept; k++) {
     const int i = kept[k];
@@ -626,10 +682,10 @@ void PairForcefield::compute(int eflag, int vflag)
     f[i][2] += fm[3 * k + 2];
   }
 
-  if (eflag_global) eng_vdwl += energy.detach().to(cpu64).item<double>();
+  if (eflag_global) eng_vdwl += call.energy.detach().to(cpu64).item<double>();
 
   if (eflag_atom) {
-    node_energy = node_energy.detach().to(cpu64).contiguous();
+    torch::Tensor node_energy = call.node_energy.detach().to(cpu64).contiguous();
     if (node_energy.dim() != 1 || node_energy.size(0) != nkept)
       error->one(FLERR, "pair_style forcefield: model returned node_energy of wrong shape");
     const double *em = node_energy.data_ptr<double>();
@@ -637,18 +693,12 @@ void PairForcefield::compute(int eflag, int vflag)
   }
 
   if (vflag_global) {
-    virial_t = virial_t.detach().to(cpu64).contiguous();
+    torch::Tensor virial_t = call.virial.detach().to(cpu64).contiguous();
     if (virial_t.numel() != 6)
-      error->one(FLERR, "pair_style forcefield: model returned a virial with " +
-                            std::to_string(virial_t.numel()) + " entries, expected 6");
+      error->one(FLERR, "pair_style forcefield: model returned a virial with {} entries, expected 6",
+                 virial_t.numel());
     const double *vm = virial_t.data_ptr<double>();
     for (int k = 0; k < 6; k++) virial[k] += vm[k];
-  }
-  if (timing) {
-    const double t_end = walltime();
-    time_model += t_model1 - t_model0;
-    time_outside += (t_model0 - t_start) + (t_end - t_model1);
-    ncalls++;
   }
 }
 
@@ -662,14 +712,10 @@ void PairForcefield::finish()
 {
   if (!timing || ncalls == 0) return;
   if (comm->me == 0)
-  {
-    char line[256];
-    snprintf(line, sizeof(line),
-             "pair_style forcefield timing: %ld evaluations, model %.6f s, pair style outside "
-             "the model %.6f s (%.2f%%)\n",
-             ncalls, time_model, time_outside, time_model > 0 ? 100.0 * time_outside / time_model : 0.0);
-    utils::logmesg(lmp, line);
-  }
+    utils::logmesg(lmp,
+                   "pair_style forcefield timing: {} evaluations, model {:.6f} s, pair style outside "
+                   "the model {:.6f} s ({:.2f}%)\n",
+                   ncalls, time_model, time_outside, time_model > 0 ? 100.0 * time_outside / time_model : 0.0);
   time_model = time_outside = 0.0;
   ncalls = 0;
 }

@@ -18,15 +18,27 @@ PairStyle(forcefield,PairForcefield);
 #include "pair.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace LAMMPS_NS {
 
+// torch objects live in the .cpp so that this header, included by the plugin
+// entry point (and by LAMMPS' style_pair.h in a source build), stays free of
+// torch headers
+struct ForcefieldTorchState;    // the loaded module, its device and dtype
+struct ForcefieldModelCall;     // inputs and outputs of one model evaluation
+
 class PairForcefield : public Pair {
  public:
-  // version of the exported-file format this pair style understands
+  // ---- the exported-file contract ----
+  // The format version this pair style reads and the TorchScript _extra_files
+  // keys it requires. They must equal FORMAT_VERSION and METADATA_KEYS of the
+  // Python exporter (forcefield.export.torchscript); tests/test_export_contract.py
+  // parses these two lines and checks that they do.
   static constexpr int FORMAT_VERSION = 1;
+  static constexpr const char *METADATA_KEYS[] = {"format_version", "species", "r_max", "num_layers", "dtype", "metadata.json"};
 
   PairForcefield(class LAMMPS *);
   ~PairForcefield() override;
@@ -43,9 +55,15 @@ class PairForcefield : public Pair {
   void load_model(const std::string &path);
   void select_device(const std::string &choice);
 
-  // torch objects (module, device, dtype) live in the .cpp so that this
-  // header, included by the plugin entry point, stays free of torch headers
-  struct ForcefieldTorchState *ts;
+  // the steps of compute(), in order
+  void select_receptive_field(int nlocal, int nall);
+  void build_edges();
+  void pack_inputs(int nlocal, ForcefieldModelCall &call);
+  void dump_inputs_once(const ForcefieldModelCall &call);
+  void run_model(ForcefieldModelCall &call);
+  void scatter_outputs(const ForcefieldModelCall &call);
+
+  std::unique_ptr<ForcefieldTorchState> ts;
   bool model_loaded;
 
   std::string model_path;
@@ -55,7 +73,7 @@ class PairForcefield : public Pair {
   int num_layers;                            // message-passing layers
   std::string dtype_name;                    // "float32" or "float64"
 
-  int *type2species;    // atom type (1..ntypes) -> index into model_species
+  std::vector<int> type2species;    // atom type (1..ntypes) -> index into model_species (-1: unset)
   bool inputs_dumped;   // FORCEFIELD_DUMP_INPUTS handled (first evaluation only)
   bool timing;          // FORCEFIELD_TIMING set: time the model and the rest of compute()
   double time_model, time_outside;
