@@ -1,4 +1,5 @@
-"""Checkpoint/model -> frozen TorchScript file for LAMMPS and Python (DESIGN.md §5.5).
+"""Checkpoint/model -> frozen TorchScript file for LAMMPS and Python (docs/design.md,
+section "Export contract").
 
 The exported module wraps the trained ForceField (never the DeNS force encoder or noise
 head, which live outside it) with the deployment interface
@@ -8,11 +9,14 @@ head, which live outside it) with the deployment interface
 
 energy sums atoms [0, n_local); forces cover all N atoms (LAMMPS ghosts included);
 virial = -sum_ij r_ij (x) dE/dr_ij. Metadata travels as `_extra_files`.
+
+This module only writes exports. Reading them (and checkpoints) is the core's job:
+forcefield.model.deployed, which also defines FORMAT_VERSION and METADATA_KEYS; the
+loaders are re-exported here for existing imports.
 """
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -21,10 +25,16 @@ from torch import nn
 
 from forcefield.atomic_io import atomic_path
 from forcefield.errors import InputError
-
-FORMAT_VERSION = 1
-METADATA_KEYS = ("format_version", "species", "r_max", "num_layers", "dtype", "metadata.json")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+from forcefield.model.deployed import (  # noqa: F401 - the loaders, re-exported for existing imports
+    DTYPES,
+    FORMAT_VERSION,
+    METADATA_KEYS,
+    is_exported_file,
+    is_torchscript_archive,
+    load_checkpoint_model,
+    load_exported,
+)
+from forcefield.model.forcefield import ForceField
 
 
 class DeployedModel(nn.Module):
@@ -36,7 +46,8 @@ class DeployedModel(nn.Module):
                 shifts: torch.Tensor, n_local: int
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-        out = self.model(pos, species, edge_index, shifts, batch, 1, n_local, True, True, False, None)
+        out = self.model(pos, species, edge_index, shifts, batch, 1, n_local=n_local, compute_forces=True,
+                         compute_virial=True, create_graph=False)
         w = out["virial"][0]
         virial = torch.stack([w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]])
         return out["energy"][0].detach(), out["node_energy"].detach(), out["forces"].detach(), virial.detach()
@@ -71,8 +82,6 @@ def export_model(model: Union[nn.Module, str, Path], path: Union[str, Path],
     """Script `model` (a ForceField or a checkpoint path) and write it atomically to `path`."""
     from e3nn.util.jit import script
 
-    from forcefield.model.forcefield import ForceField
-
     path = Path(path).expanduser()
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected a file name for the exported model")
@@ -80,11 +89,11 @@ def export_model(model: Union[nn.Module, str, Path], path: Union[str, Path],
         model = load_checkpoint_model(model)
     cfg = model.model_config()
     dtype = dtype or cfg.dtype
-    if dtype not in _DTYPES:
+    if dtype not in DTYPES:
         raise InputError(f"export: dtype must be float32 or float64, got '{dtype}'")
     cfg.dtype = dtype
     fresh = ForceField.from_config(cfg)  # a clean copy in the target dtype, nothing training-only
-    state = {k: v.to(_DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     fresh.load_state_dict(state)
     fresh.eval()
     scripted = script(DeployedModel(fresh))
@@ -100,65 +109,3 @@ def export_model(model: Union[nn.Module, str, Path], path: Union[str, Path],
     with atomic_path(path) as tmp:
         torch.jit.save(scripted, str(tmp), _extra_files=extra)
     return path
-
-
-def _zip_names(path: Path) -> list:
-    import zipfile
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return []
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return []
-
-
-def is_torchscript_archive(path: Union[str, Path]) -> bool:
-    """True for any TorchScript archive (a zip with code/ and constants.pkl), ours or not."""
-    names = _zip_names(Path(path))
-    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
-
-
-def load_checkpoint_model(path: Union[str, Path]) -> nn.Module:
-    """The ForceField of a training checkpoint; InputError (one line, no torch warning) for a
-    missing file, an exported model, a foreign TorchScript file or anything else."""
-    from forcefield.model.serialization import model_from_checkpoint
-
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a checkpoint file (.ckpt)")
-    if is_exported_file(path):
-        raise InputError(f"{path}: is an exported model; this needs a training checkpoint (.ckpt)")
-    if is_torchscript_archive(path):
-        raise InputError(f"{path}: a TorchScript file but not a forcefield model (no forcefield metadata)")
-    with warnings.catch_warnings():  # torch warns about files it can read only partly
-        warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        return model_from_checkpoint(path)
-
-
-def is_exported_file(path: Union[str, Path]) -> bool:
-    """True for a forcefield export (a TorchScript archive with extra/format_version)."""
-    return any(n.endswith("/extra/format_version") for n in _zip_names(Path(path).expanduser()))
-
-
-def load_exported(path: Union[str, Path], device: str = "cpu") -> Tuple[torch.jit.ScriptModule, dict]:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
-    extra = {k: "" for k in METADATA_KEYS}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"{path}: not a TorchScript model ({type(exc).__name__})") from None
-    if not extra["metadata.json"]:
-        raise InputError(f"{path}: not a forcefield export (no metadata)")
-    meta = json.loads(extra["metadata.json"])
-    if int(meta.get("format_version", -1)) != FORMAT_VERSION:
-        raise InputError(f"{path}: unsupported format_version {meta.get('format_version')} "
-                         f"(this forcefield reads {FORMAT_VERSION})")
-    return module, meta

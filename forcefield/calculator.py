@@ -9,6 +9,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from forcefield.data.graph import build_graph, check_cell, recentred_positions
+from forcefield.model.deployed import DTYPES, is_exported_file, load_checkpoint_model, load_exported
 
 
 class _EagerRunner:
@@ -36,7 +37,7 @@ class _ExportedRunner:
         self.module = module
         self.species = list(metadata["species"])
         self.r_max = float(metadata["r_max"])
-        self.dtype = {"float32": torch.float32, "float64": torch.float64}[metadata["dtype"]]
+        self.dtype = DTYPES[metadata["dtype"]]
 
     def __call__(self, pos, species, edge_index, shifts, want_virial: bool) -> Dict[str, torch.Tensor]:
         energy, node_energy, forces, v = self.module(pos, species, edge_index, shifts, pos.shape[0])
@@ -51,7 +52,6 @@ def make_runner(model: Union[torch.nn.Module, str, Path]):
     if isinstance(model, torch.nn.Module):
         return _EagerRunner(model)
     path = Path(model).expanduser()
-    from forcefield.export.torchscript import is_exported_file, load_checkpoint_model, load_exported
     if is_exported_file(path):
         return _ExportedRunner(*load_exported(path))
     return _EagerRunner(load_checkpoint_model(path))

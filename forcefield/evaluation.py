@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from forcefield.calculator import make_runner, run_graph, structure_graph
-from forcefield.data.frames import check_species, frame_location, read_frames
+from forcefield.data.checks import check_species
+from forcefield.data.frames import frame_location, read_frames
 from forcefield.data.split import extract_e0
 from forcefield.errors import InputError
 
@@ -26,8 +27,9 @@ def predict_frames(runner, frames):
 
 def evaluate(model: Union[torch.nn.Module, str, Path], data: Union[str, Path], energy_key: str = "energy",
              forces_key: str = "forces", stress_key: str = "stress") -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
-    """Metrics (DESIGN.md §5.1: energies meV/atom, forces meV/Å, stress meV/Å^3) and the
-    reference/predicted arrays for parity plots. Isolated-atom frames are left out.
+    """Metrics (energies meV/atom, forces meV/Å, stress meV/Å^3: docs/design.md, section
+    "Units and conventions") and the reference/predicted arrays for parity plots.
+    Isolated-atom frames are left out.
 
     ``n_structures`` counts the structures scored. A quantity that only some of them carry
     is scored over those, and its count is reported next to it: ``n_energy`` / ``n_forces``

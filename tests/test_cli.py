@@ -1,4 +1,4 @@
-"""The `forcefield` command line (DESIGN.md §5.1) end to end with typer's CliRunner:
+"""The `forcefield` command line end to end with typer's CliRunner:
 template -> train -> evaluate -> export -> evaluate the export; user errors give one line
 and a non-zero exit code, no traceback, and leave earlier results alone. Also the ASE
 calculator built from a checkpoint or an exported file."""
@@ -85,7 +85,7 @@ def test_template_is_a_complete_commented_config(tmp_path):
     text = ok(invoke("template")).stdout
     assert text.count("#") > 20
     raw = yaml.safe_load(text)
-    # every key of every section is spelled out (DESIGN.md §5.2 and the rest)
+    # every key of every section is spelled out (data, model, dens, training)
     assert set(raw) == {"data", "model", "dens", "training"}
     for section in raw:
         fields = Config.model_fields[section].annotation.model_fields

@@ -10,15 +10,15 @@ import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from forcefield.data.checks import check_labels, check_species
 from forcefield.data.frames import (
     Frame,
-    check_labels,
-    check_species,
+    is_isolated_atom,
     read_frames,
     stress_to_3x3,
     write_frames,
 )
-from forcefield.data.split import extract_e0, is_isolated_atom
+from forcefield.data.split import extract_e0
 from forcefield.errors import InputError
 
 DATA = Path(__file__).resolve().parent / "data"

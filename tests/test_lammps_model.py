@@ -245,7 +245,8 @@ def test_pair_style_sends_only_the_receptive_field(bulk_case, random_models, plu
 thermo_modify format float %.17g
 run 0
 """
-    env = {"FORCEFIELD_DUMP_INPUTS": str(tmp_path / "in.pt"), "FORCEFIELD_TIMING": "1"}
+    # unfolded: this checks the hop selection that remains with several ranks (folding: test_lammps_folding.py)
+    env = {"FORCEFIELD_DUMP_INPUTS": str(tmp_path / "in.pt"), "FORCEFIELD_TIMING": "1", "FORCEFIELD_FOLD": "0"}
     stdout = ok(lammps_run(tmp_path, text, plugin_path, extra_env=env))
     assert re.search(r"pair_style forcefield timing: 1 evaluations, model \S+ s, pair style outside", stdout)
     pos, species, edge_index, shifts, n_local = torch.load(tmp_path / "in.pt")

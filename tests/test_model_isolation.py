@@ -115,7 +115,8 @@ def test_dimer_pulled_apart(model):
     _assert_work_matches(e, f[:, 1, 0], h)
     assert np.all(f[:, :, 1:] == 0.0)                    # along the bond only
     assert np.allclose(f[:, 0], -f[:, 1], rtol=0, atol=1e-12)
-    # the switch against an independent evaluation of DESIGN.md §3 for one neighbour:
+    # the switch against an independent evaluation of docs/design.md, section "Isolation switch",
+    # for one neighbour:
     # d = r - tau log u(r), s = S((d - r_on) / (r_off - r_on))
     sw = model.switch
     d = _single_neighbour_d(distances, sw.tau)

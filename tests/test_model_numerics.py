@@ -1,5 +1,6 @@
 """No NaN or inf in energy, forces, or the parameter gradient of a force loss (second
-derivatives, as training takes them) for the hard cases of DESIGN.md §3: an isolated atom,
+derivatives, as training takes them) for the hard cases of the isolation switch
+(docs/design.md, section "Isolation switch"): an isolated atom,
 two atoms at the same position, one far neighbour, tau = 0.05 Å; float32 and float64."""
 from __future__ import annotations
 

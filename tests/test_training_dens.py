@@ -1,4 +1,4 @@
-"""DeNS (DESIGN.md §4): corruption, the batch it produces, which atoms each loss term sees,
+"""DeNS (docs/design.md, section "DeNS"): corruption, the batch it produces, which atoms each loss term sees,
 equivariance of the force encoding and of the noise head, and DeNS off == plain training."""
 from __future__ import annotations
 

@@ -55,6 +55,6 @@ def tiny_config(train: Path, **sections) -> dict:
 def ethanol_graphs(n: int = 6, r_max: float = TINY_MODEL["r_max"]) -> List:
     """Training graphs (with labels) of the first n ethanol structures."""
     from forcefield.data.frames import read_frames
-    from forcefield.training.batches import frame_to_graph
+    from forcefield.data.graph import frame_to_graph
     frames = read_frames(ETHANOL, index=f":{n}")
     return [frame_to_graph(f, SPECIES, r_max) for f in frames]

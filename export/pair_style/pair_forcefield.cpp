@@ -3,23 +3,31 @@
 
    Usage:
      newton on
-     pair_style forcefield model.pt [device cpu|cuda|auto]
+     pair_style forcefield model.pt [device cpu|cuda|auto] [fold yes|no]
      pair_coeff * * Cu Au        (one element symbol per atom type)
 
    Design (see README.md in this folder):
-   - full neighbour list including the neighbours of ghost atoms; edges
-     i->j with |x_j - x_i| < r_max for every owned or ghost atom i within
-     num_layers-1 hops of an owned atom, and the atoms within num_layers
+   - full neighbour list including the neighbours of ghost atoms;
+   - folding (default, 'fold no' or FORCEFIELD_FOLD=0 turns it off): a
+     ghost atom that is a periodic image of an atom owned by this rank is
+     not a model node; an edge to it points at the owner, with the shift
+     x_image - x_owner (as the Python graph of a periodic cell). The model
+     nodes are the owned atoms and the other ghosts (images of atoms owned
+     by other ranks); on one rank that is exactly the owned atoms;
+   - edges i->j with |x_j - x_i| < r_max for every node i within
+     num_layers-1 hops of an owned atom, and the nodes within num_layers
      hops, go to the model (the rest of the ghost shell cannot affect the
-     owned atoms' energy); shifts are zero because periodic images are
-     explicit ghost atoms;
+     owned atoms' energy);
    - the model returns the energy of the owned atoms, per-atom energies,
-     -dE/dx for every atom (owned and ghost) and the virial; ghost forces
-     are summed onto their owners by LAMMPS' reverse communication, so
-     newton_pair must be on;
+     -dE/dx for every node and the virial; forces on ghost nodes are summed
+     onto their owners by LAMMPS' reverse communication, so newton_pair
+     must be on (folded images get no force of their own: the shift
+     vectors put their share on the owner inside the model);
    - the ghost shell must reach num_layers*r_max (+ skin) so that every
      message reaching an owned atom is computed from complete
-     neighbourhoods; the pair style raises comm->cutghostuser to that.
+     neighbourhoods; the pair style raises comm->cutghostuser to that
+     (with folding, one rank uses only the r_max + skin next to its
+     subdomain: the owned atoms' neighbours).
 
    The exported-file contract (FORMAT_VERSION, METADATA_KEYS) is declared
    in pair_forcefield.h.
@@ -69,7 +77,7 @@ struct ForcefieldTorchState {
 struct ForcefieldModelCall {
   int64_t nlocal = 0;    // atoms [0, nlocal) are owned: the energy is theirs
   // inputs, on the model's device: pos [N,3] (model dtype), species [N],
-  // edge_index [2,E], shifts [E,3] (zero)
+  // edge_index [2,E], shifts [E,3] (model dtype; nonzero for folded images)
   torch::Tensor pos, species, edge_index, shifts;
   // outputs, as the model returned them: energy [], node_energy [N],
   // forces [N,3], virial [6]
@@ -80,7 +88,20 @@ struct ForcefieldModelCall {
 
 namespace {
 
-constexpr const char *PAIR_STYLE_USAGE = "Usage: pair_style forcefield <model.pt> [device cpu|cuda|auto]";
+constexpr const char *PAIR_STYLE_USAGE =
+    "Usage: pair_style forcefield <model.pt> [device cpu|cuda|auto] [fold yes|no]";
+
+// 'fold' default: FORCEFIELD_FOLD=0|no|off|false turns folding off, 1|yes|on|true (or
+// unset) keeps it on; returns -1 for anything else
+int fold_from_env()
+{
+  const char *env = std::getenv("FORCEFIELD_FOLD");
+  if (!env || !*env) return 1;
+  const std::string v = utils::lowercase(utils::trim(env));
+  if (v == "0" || v == "no" || v == "off" || v == "false") return 0;
+  if (v == "1" || v == "yes" || v == "on" || v == "true") return 1;
+  return -1;
+}
 
 // Every model evaluation allocates and frees large tensors (hundreds of MB for thousands
 // of atoms). glibc serves blocks above its mmap threshold (at most 32 MB) with fresh
@@ -124,8 +145,8 @@ std::string first_line(const std::string &s)
 
 PairForcefield::PairForcefield(LAMMPS *lmp) :
     Pair(lmp), ts(std::make_unique<ForcefieldTorchState>()), model_loaded(false), r_max(0.0),
-    num_layers(0), inputs_dumped(false), timing(false), time_model(0.0), time_outside(0.0),
-    ncalls(0)
+    num_layers(0), fold_requested(true), fold_active(true), inputs_dumped(false), timing(false),
+    time_model(0.0), time_outside(0.0), ncalls(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -171,7 +192,7 @@ void PairForcefield::allocate()
 }
 
 /* ----------------------------------------------------------------------
-   pair_style forcefield model.pt [device cpu|cuda|auto]
+   pair_style forcefield model.pt [device cpu|cuda|auto] [fold yes|no]
 ------------------------------------------------------------------------- */
 
 void PairForcefield::settings(int narg, char **arg)
@@ -181,6 +202,11 @@ void PairForcefield::settings(int narg, char **arg)
 
   std::string path = arg[0];
   std::string dev = "auto";
+  const int fold_env = fold_from_env();
+  if (fold_env < 0)
+    error->all(FLERR, "pair_style forcefield: FORCEFIELD_FOLD='{}' is not one of 0, 1, no, yes, off, on",
+               std::getenv("FORCEFIELD_FOLD"));
+  bool fold = fold_env == 1;
   int iarg = 1;
   while (iarg < narg) {
     std::string key = arg[iarg];
@@ -192,6 +218,16 @@ void PairForcefield::settings(int narg, char **arg)
       if (dev != "cpu" && dev != "cuda" && dev != "auto")
         error->all(FLERR, "Illegal pair_style forcefield command: unknown device '{}' (expected cpu, cuda or auto). {}",
                    dev, PAIR_STYLE_USAGE);
+      iarg += 2;
+    } else if (key == "fold") {
+      if (iarg + 1 >= narg)
+        error->all(FLERR, "Illegal pair_style forcefield command: 'fold' needs a value (yes or no). {}",
+                   PAIR_STYLE_USAGE);
+      const std::string v = arg[iarg + 1];
+      if (v != "yes" && v != "no")
+        error->all(FLERR, "Illegal pair_style forcefield command: fold '{}' (expected yes or no). {}", v,
+                   PAIR_STYLE_USAGE);
+      fold = v == "yes";
       iarg += 2;
     } else {
       error->all(FLERR, "Illegal pair_style forcefield command: unknown keyword '{}'. {}", key, PAIR_STYLE_USAGE);
@@ -207,8 +243,13 @@ void PairForcefield::settings(int narg, char **arg)
   }
 
   device_choice = dev;
+  fold_requested = fold_active = fold;
   select_device(dev);
   load_model(path);
+  if (comm->me == 0)
+    utils::logmesg(lmp, "pair_style forcefield: fold {}: {}\n", fold ? "yes" : "no",
+                   fold ? "periodic images of owned atoms are folded onto their owners (shift vectors)"
+                        : "periodic images are separate ghost nodes");
   if (tune_malloc() && comm->me == 0)
     utils::logmesg(lmp, "pair_style forcefield: FORCEFIELD_MALLOC_TUNING=1: glibc malloc keeps freed "
                         "memory for reuse (no mmap for large blocks, no trimming)\n");
@@ -388,6 +429,12 @@ void PairForcefield::init_style()
 
   neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
 
+  // folding finds a ghost's owner by its atom ID
+  fold_active = fold_requested && atom->tag_enable;
+  if (fold_requested && !atom->tag_enable && comm->me == 0)
+    error->warning(FLERR, "pair_style forcefield: atoms have no IDs (atom_modify id no): periodic "
+                          "images cannot be folded onto their owners and are sent as ghost atoms");
+
   // ghost atoms must reach num_layers * r_max (+ skin, atoms move between
   // neighbour-list builds) so that owned atoms see complete receptive fields
   // (lengths logged with six decimals)
@@ -441,6 +488,7 @@ void PairForcefield::compute(int eflag, int vflag)
   // (its ghost atoms' owners get their forces from the other ranks)
   if (nlocal == 0 || nall == 0) return;
 
+  fold_periodic_images(nlocal, nall);
   select_receptive_field(nlocal, nall);
   build_edges();
   ForcefieldModelCall call;
@@ -462,16 +510,61 @@ void PairForcefield::compute(int eflag, int vflag)
 }
 
 /* ----------------------------------------------------------------------
-   which atoms the model needs (fills hop, new_index, kept)
+   which LAMMPS atoms are model nodes (fills fold)
 
-   Only owned atoms carry energy, so with L message-passing layers an atom
+   fold[i] = i: atom i is a node of its own (owned atoms; ghosts that are
+   not images of an owned atom; every atom when folding is off).
+   fold[j] = o < nlocal: ghost j is a periodic image of owned atom o (same
+   atom ID); it is no node: edges to it point at o with the shift x_j - x_o.
+   atom->map(ID) returns the smallest local index with that ID (LAMMPS sets
+   the map in reverse index order), i.e. the owned copy if this rank owns the
+   atom; without a map (atomic systems have none unless asked for with
+   atom_modify map) an ID -> owned index table is built here.
+------------------------------------------------------------------------- */
+
+void PairForcefield::fold_periodic_images(int nlocal, int nall)
+{
+  fold.resize(nall);
+  for (int i = 0; i < nall; i++) fold[i] = i;
+  if (!fold_active) return;
+
+  const tagint *tag = atom->tag;
+  if (atom->map_style != Atom::MAP_NONE) {
+    for (int j = nlocal; j < nall; j++) {
+      const int o = atom->map(tag[j]);
+      if (o >= 0 && o < nlocal) fold[j] = o;
+    }
+  } else {
+    owned_by_tag.clear();
+    owned_by_tag.reserve(nlocal);
+    for (int i = 0; i < nlocal; i++) owned_by_tag.emplace(tag[i], i);
+    for (int j = nlocal; j < nall; j++) {
+      auto found = owned_by_tag.find(tag[j]);
+      if (found != owned_by_tag.end()) fold[j] = found->second;
+    }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   which nodes the model needs (fills hop, new_index, kept)
+
+   Only owned atoms carry energy, so with L message-passing layers a node
    matters only if it is within L hops (edges shorter than r_max) of an owned
    atom, and an edge only if its centre is within L-1 hops. hop[i] is that
-   distance in hops (L+1: beyond), from a breadth-first search over the
-   neighbour list. Everything else in the (L r_max + skin) ghost shell is
-   dropped, and the kept atoms are renumbered: owned atoms keep
-   0..nlocal-1, kept ghosts follow in LAMMPS order. The result is identical
-   to sending every atom and edge (the model prunes the same way inside).
+   distance in hops (L+1: beyond) for every node i (fold[i] == i), from a
+   breadth-first search over the neighbour lists of the nodes, an edge
+   i->j reaching node fold[j] (a folded image reaches its owner, hop 0; on
+   one rank the search therefore stops at once). Everything else in the
+   (L r_max + skin) ghost shell is dropped, and the kept nodes are
+   renumbered: owned atoms keep 0..nlocal-1, kept ghost nodes follow in
+   LAMMPS order. The result is identical to sending every atom and edge
+   (the model prunes the same way inside).
+
+   With folding, a ghost node's hop count is never smaller than without
+   (a folded path from an owned atom is an unfolded one that jumps back
+   from an image to its owner, which it could have started from), so the
+   nodes used as centres (hop <= L-1) have complete neighbour lists in the
+   (L r_max + skin) ghost shell, as without folding.
 ------------------------------------------------------------------------- */
 
 void PairForcefield::select_receptive_field(int nlocal, int nall)
@@ -496,31 +589,35 @@ void PairForcefield::select_receptive_field(int nlocal, int nall)
       const int jnum = numneigh[i];
       for (int jj = 0; jj < jnum; jj++) {
         const int j = jlist[jj] & NEIGHMASK;
-        if (hop[j] <= k + 1) continue;
+        const int t = fold[j];
+        if (hop[t] <= k + 1) continue;
         const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
         if (dx * dx + dy * dy + dz * dz < rsq_max) {
-          hop[j] = k + 1;
-          next_frontier.push_back(j);
+          hop[t] = k + 1;
+          next_frontier.push_back(t);
         }
       }
     }
     frontier.swap(next_frontier);
   }
 
-  // renumbering: new index of every kept atom (-1: dropped), and back
+  // renumbering: new index of every kept node (-1: dropped or folded), and back
   new_index.assign(nall, -1);
   kept.clear();
   for (int i = 0; i < nall; i++)
-    if (hop[i] <= num_layers) {
+    if (fold[i] == i && hop[i] <= num_layers) {
       new_index[i] = (int) kept.size();
       kept.push_back(i);
     }
 }
 
 /* ----------------------------------------------------------------------
-   the edges i->j (model numbering, in edge_src/edge_dst) with |x_j - x_i|
-   < r_max and centre i within L-1 hops of an owned atom (owned and ghost
-   centres); needs select_receptive_field() first
+   the edges i->j (model numbering, in edge_src/edge_dst, shifts in
+   edge_shift) with |x_j - x_i| < r_max and centre i a node within L-1
+   hops of an owned atom; the target is node fold[j] with shift
+   x_j - x_fold[j] (exactly zero when j is a node itself), so that the
+   model's pos[dst] - pos[src] + shift is x_j - x_i. Folded images are no
+   centres: their edges are their owner's. Needs select_receptive_field().
 ------------------------------------------------------------------------- */
 
 void PairForcefield::build_edges()
@@ -534,9 +631,10 @@ void PairForcefield::build_edges()
 
   edge_src.clear();
   edge_dst.clear();
+  edge_shift.clear();
   for (int ii = 0; ii < ntotal; ii++) {
     const int i = ilist[ii];
-    if (hop[i] >= num_layers) continue;
+    if (fold[i] != i || hop[i] >= num_layers) continue;
     const double xi = x[i][0], yi = x[i][1], zi = x[i][2];
     const int *jlist = firstneigh[i];
     const int jnum = numneigh[i];
@@ -545,8 +643,12 @@ void PairForcefield::build_edges()
       const int j = jlist[jj] & NEIGHMASK;
       const double dx = x[j][0] - xi, dy = x[j][1] - yi, dz = x[j][2] - zi;
       if (dx * dx + dy * dy + dz * dz < rsq_max) {
+        const int t = fold[j];
         edge_src.push_back(ni);
-        edge_dst.push_back(new_index[j]);    // j is within L hops, so kept
+        edge_dst.push_back(new_index[t]);    // node t is within L hops, so kept
+        edge_shift.push_back(x[j][0] - x[t][0]);
+        edge_shift.push_back(x[j][1] - x[t][1]);
+        edge_shift.push_back(x[j][2] - x[t][2]);
       }
     }
   }
@@ -554,7 +656,7 @@ void PairForcefield::build_edges()
 
 /* ----------------------------------------------------------------------
    the model inputs on the model's device: positions (model dtype) and
-   species of the kept atoms, edge_index from build_edges(), zero shifts
+   species of the kept nodes, edge_index and shifts from build_edges()
 ------------------------------------------------------------------------- */
 
 void PairForcefield::pack_inputs(int nlocal, ForcefieldModelCall &call)
@@ -593,7 +695,11 @@ void PairForcefield::pack_inputs(int nlocal, ForcefieldModelCall &call)
     std::memcpy(edge_index.data_ptr<int64_t>() + nedges, edge_dst.data(), nedges * sizeof(int64_t));
   }
   call.edge_index = edge_index.to(ts->device);
-  call.shifts = torch::zeros({nedges, 3}, torch::TensorOptions().dtype(ts->dtype).device(ts->device));
+  if (nedges > 0)
+    call.shifts = torch::from_blob(edge_shift.data(), {nedges, 3}, torch::TensorOptions().dtype(torch::kFloat64))
+                      .to(ts->device, ts->dtype, /*non_blocking=*/false, /*copy=*/true);
+  else
+    call.shifts = torch::zeros({0, 3}, torch::TensorOptions().dtype(ts->dtype).device(ts->device));
   call.nlocal = nlocal;
 }
 
@@ -660,8 +766,10 @@ void PairForcefield::run_model(ForcefieldModelCall &call)
 
 /* ----------------------------------------------------------------------
    the model's outputs into LAMMPS (as double on the host): forces on every
-   kept atom (ghosts too: reverse communication sums them onto their owners),
-   energy, per-atom energy of the owned atoms, global virial
+   kept node (ghost nodes too: reverse communication sums them onto their
+   owners; folded images get none, the model already put their share on
+   the owner through the shifts), energy, per-atom energy of the owned
+   atoms, global virial
 ------------------------------------------------------------------------- */
 
 void PairForcefield::scatter_outputs(const ForcefieldModelCall &call)

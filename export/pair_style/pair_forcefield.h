@@ -20,6 +20,7 @@ PairStyle(forcefield,PairForcefield);
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace LAMMPS_NS {
@@ -56,6 +57,7 @@ class PairForcefield : public Pair {
   void select_device(const std::string &choice);
 
   // the steps of compute(), in order
+  void fold_periodic_images(int nlocal, int nall);
   void select_receptive_field(int nlocal, int nall);
   void build_edges();
   void pack_inputs(int nlocal, ForcefieldModelCall &call);
@@ -74,6 +76,8 @@ class PairForcefield : public Pair {
   std::string dtype_name;                    // "float32" or "float64"
 
   std::vector<int> type2species;    // atom type (1..ntypes) -> index into model_species (-1: unset)
+  bool fold_requested;  // 'fold yes|no' (default: FORCEFIELD_FOLD, else yes)
+  bool fold_active;     // folding in use (requested and the atoms have IDs)
   bool inputs_dumped;   // FORCEFIELD_DUMP_INPUTS handled (first evaluation only)
   bool timing;          // FORCEFIELD_TIMING set: time the model and the rest of compute()
   double time_model, time_outside;
@@ -84,6 +88,10 @@ class PairForcefield : public Pair {
   std::vector<float> pos_f;
   std::vector<int64_t> species_buf;
   std::vector<int64_t> edge_src, edge_dst;
+  std::vector<double> edge_shift;             // [E*3]: x_j - x_fold[j] (zero unless j is folded)
+  std::vector<int> fold;                      // LAMMPS index -> the LAMMPS index that is its model node
+                                              // (itself, or the owned atom a ghost is an image of)
+  std::unordered_map<tagint, int> owned_by_tag;    // atom ID -> owned index (when LAMMPS keeps no map)
   std::vector<int> hop;                       // hops from the nearest owned atom
   std::vector<int> frontier, next_frontier;   // breadth-first search over edges < r_max
   std::vector<int> new_index;                 // LAMMPS index -> model index (-1: not sent)

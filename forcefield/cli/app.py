@@ -167,7 +167,7 @@ def evaluate(
     if json_out:
         write_text(json.dumps(metrics, indent=2) + "\n", json_out)
     if plot:
-        from forcefield.training.plots import parity_plot
+        from forcefield.plots import parity_plot
         parity_plot(arrays["energy_ref"], arrays["energy_pred"], arrays["forces_ref"], arrays["forces_pred"],
                     plot, title=f"{Path(model).name} on {Path(data).name}")
 

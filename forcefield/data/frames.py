@@ -15,27 +15,26 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from forcefield.data.graph import check_cell
+from forcefield.data.cell import check_cell
 from forcefield.errors import InputError
 
 __all__ = [
     "Frame",
     "read_frames",
     "write_frames",
-    "check_labels",
-    "check_species",
     "frame_location",
+    "is_isolated_atom",
     "stress_to_3x3",
 ]
 
 PathLike = Union[str, os.PathLike]
 
 
-def _split_source(source: str) -> tuple[str, Optional[int]]:
+def split_source(source: str) -> tuple[str, Optional[int]]:
     """Split a ``"path:index"`` source into (path, index); index None if absent."""
     if source:
         head, sep, tail = source.rpartition(":")
@@ -54,7 +53,7 @@ def frame_location(frame_or_source: Union["Frame", str], position: Optional[int]
     is the fallback when the source carries no index.
     """
     source = frame_or_source if isinstance(frame_or_source, str) else frame_or_source.source
-    path, index = _split_source(source)
+    path, index = split_source(source)
     if index is None:
         index = position
     if path and index is not None:
@@ -287,6 +286,21 @@ class Frame:
         )
 
 
+def _normalise_type(config_type: str) -> str:
+    return "".join(ch for ch in str(config_type).lower() if ch.isalnum())
+
+
+def is_isolated_atom(frame) -> bool:
+    """True if ``frame`` is an isolated atom.
+
+    Either its config_type names it one (``isolated_atom``, ``IsolatedAtom``, any case,
+    with or without ``_``/``-``/space) or it holds a single atom with no periodicity.
+    """
+    if _normalise_type(getattr(frame, "config_type", "")) == "isolatedatom":
+        return True
+    return len(frame.numbers) == 1 and not bool(np.any(frame.pbc))
+
+
 def _selected_indices(index, count: int) -> list[int]:
     """Indices in the file of the frames ase.io.read returned for ``index``."""
     try:
@@ -374,86 +388,3 @@ def write_frames(frames: Iterable[Union[Frame, "object"]], path: PathLike) -> Pa
             if images:
                 ase.io.write(fh, images, format="extxyz")
     return p
-
-
-def _display_path(frames: Sequence[Frame], path: Optional[PathLike]) -> str:
-    if path is not None:
-        return os.fspath(path)
-    for f in frames:
-        p, _ = _split_source(f.source)
-        if p:
-            return p
-    return "data"
-
-
-def _frame_index(frame: Frame, position: int) -> int:
-    _, index = _split_source(frame.source)
-    return position if index is None else index
-
-
-def _is_isolated(frame: Frame) -> bool:
-    from forcefield.data.split import is_isolated_atom
-
-    return is_isolated_atom(frame)
-
-
-def check_labels(
-    frames: Sequence[Frame],
-    need_energy: bool,
-    need_forces: bool,
-    need_stress: bool,
-    path: Optional[PathLike] = None,
-    energy_key: str = "energy",
-    forces_key: str = "forces",
-    stress_key: str = "stress",
-) -> None:
-    """Raise InputError at the first frame lacking a label that the loss needs.
-
-    Message example: ``data/x.xyz: frame 7 has no forces (key 'forces') but
-    forces_weight > 0``. Exemptions: isolated atoms need no forces or stress (their
-    forces are zero by symmetry), and frames not periodic in all three directions need
-    no stress (it is undefined for them).
-    """
-    where = _display_path(frames, path)
-    for pos, frame in enumerate(frames):
-        idx = _frame_index(frame, pos)
-        if need_energy and frame.energy is None:
-            raise InputError(
-                f"{where}: frame {idx} has no energy (key '{energy_key}') but energy_weight > 0"
-            )
-        if _is_isolated(frame):
-            continue
-        if need_forces and frame.forces is None:
-            raise InputError(
-                f"{where}: frame {idx} has no forces (key '{forces_key}') but forces_weight > 0"
-            )
-        if need_stress and frame.stress is None and bool(np.all(frame.pbc)):
-            raise InputError(
-                f"{where}: frame {idx} has no stress (key '{stress_key}') but stress_weight > 0"
-            )
-
-
-def check_species(frames: Sequence[Frame], species: Sequence[str], path: Optional[PathLike] = None) -> None:
-    """Raise InputError at the first frame containing an element not in ``species``.
-
-    Message example: ``data/x.xyz: frame 3 contains element 'Zn', which is not in
-    model.species ['Cu', 'Au']``.
-    """
-    from ase.data import atomic_numbers, chemical_symbols
-
-    species = list(species)
-    allowed = set()
-    for s in species:
-        if s not in atomic_numbers:
-            raise InputError(f"model.species: unknown element symbol '{s}'")
-        allowed.add(atomic_numbers[s])
-    where = _display_path(frames, path)
-    for pos, frame in enumerate(frames):
-        unknown = [z for z in np.unique(frame.numbers) if int(z) not in allowed]
-        if unknown:
-            # report the first offending atom's element (file order)
-            first = next(int(z) for z in frame.numbers if int(z) not in allowed)
-            raise InputError(
-                f"{where}: frame {_frame_index(frame, pos)} contains element "
-                f"'{chemical_symbols[first]}', which is not in model.species {species}"
-            )

@@ -6,30 +6,10 @@ from typing import Sequence
 
 import numpy as np
 
+from forcefield.data.frames import frame_location, is_isolated_atom
 from forcefield.errors import InputError
 
-__all__ = ["is_isolated_atom", "extract_e0", "train_valid_split"]
-
-
-def _normalise_type(config_type: str) -> str:
-    return "".join(ch for ch in str(config_type).lower() if ch.isalnum())
-
-
-def is_isolated_atom(frame) -> bool:
-    """True if ``frame`` is an isolated atom.
-
-    Either its config_type names it one (``isolated_atom``, ``IsolatedAtom``, any case,
-    with or without ``_``/``-``/space) or it holds a single atom with no periodicity.
-    """
-    if _normalise_type(getattr(frame, "config_type", "")) == "isolatedatom":
-        return True
-    return len(frame.numbers) == 1 and not bool(np.any(frame.pbc))
-
-
-def _where(frame, position: int) -> str:
-    from forcefield.data.frames import frame_location
-
-    return frame_location(frame, position)
+__all__ = ["extract_e0", "train_valid_split"]
 
 
 def extract_e0(frames: Sequence, atol: float = 1e-6,
@@ -51,7 +31,7 @@ def extract_e0(frames: Sequence, atol: float = 1e-6,
         if not is_isolated_atom(frame):
             remaining.append(frame)
             continue
-        where = _where(frame, pos)
+        where = frame_location(frame, pos)
         if len(frame.numbers) != 1:
             raise InputError(
                 f"{where}: config_type '{frame.config_type}' marks an isolated atom "

@@ -1,5 +1,5 @@
 """Dataset statistics for the model's normalisation: per-species energy shift, force
-scale and average number of neighbours."""
+scale and average number of neighbours (of frames, or of the graphs already built)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from forcefield.data.cell import check_cell
+from forcefield.data.checks import check_species
+from forcefield.data.frames import frame_location, is_isolated_atom
+from forcefield.data.graph import Graph, neighbour_list
 from forcefield.errors import InputError
 
 __all__ = [
@@ -14,6 +18,7 @@ __all__ = [
     "fit_species_shift",
     "force_rms",
     "avg_num_neighbors",
+    "avg_num_neighbors_of_graphs",
     "neighbor_pairs",
 ]
 
@@ -24,8 +29,6 @@ def composition_matrix(frames: Sequence, species: Sequence[str]) -> np.ndarray:
     InputError (naming the frame) for an element not in ``species``.
     """
     from ase.data import atomic_numbers
-
-    from forcefield.data.frames import check_species
 
     check_species(frames, species)
     z_to_col = {atomic_numbers[s]: k for k, s in enumerate(species)}
@@ -104,8 +107,6 @@ def force_rms(frames: Sequence, shift: Optional[Mapping[str, float]] = None) -> 
     after the species shift (fitted here if ``shift`` is None); 1.0 if that is not
     available or zero either.
     """
-    from forcefield.data.split import is_isolated_atom
-
     total = 0.0
     count = 0
     for f in frames:
@@ -135,37 +136,12 @@ def force_rms(frames: Sequence, shift: Optional[Mapping[str, float]] = None) -> 
 
 
 def neighbor_pairs(frame, r_max: float) -> tuple[np.ndarray, np.ndarray]:
-    """Full neighbour list ``(i, j)`` within ``r_max`` (Å), periodic images included.
-
-    Uses vesin; falls back to ``ase.neighborlist.neighbor_list`` if vesin rejects the
-    structure. Non-periodic frames are passed to vesin with a zero cell. A cell the
-    neighbour list cannot handle is an InputError naming the frame (`check_cell`).
-    """
-    from forcefield.data.frames import frame_location
-    from forcefield.data.graph import check_cell
-
+    """Full neighbour list ``(i, j)`` within ``r_max`` (Å), periodic images included: the
+    graph builder's `neighbour_list`. A cell the neighbour list cannot handle is an
+    InputError naming the frame (`check_cell`)."""
     check_cell(frame.cell, frame.pbc, frame_location(frame), r_max)
-    positions = np.ascontiguousarray(frame.positions, dtype=np.float64)
-    pbc = np.asarray(frame.pbc, dtype=bool)
-    if pbc.any():
-        box = np.ascontiguousarray(frame.cell, dtype=np.float64)
-        periodic = bool(pbc[0]) if bool(np.all(pbc == pbc[0])) else [bool(p) for p in pbc]
-    else:
-        box = np.zeros((3, 3))
-        periodic = False
-    try:
-        from vesin import NeighborList
-
-        i, j = NeighborList(cutoff=float(r_max), full_list=True).compute(
-            points=positions, box=box, periodic=periodic, quantities="ij"
-        )
-        return np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
-    except Exception:
-        from ase.neighborlist import neighbor_list
-
-        atoms = frame.to_atoms() if hasattr(frame, "to_atoms") else frame
-        i, j = neighbor_list("ij", atoms, float(r_max))
-        return np.asarray(i, dtype=np.int64), np.asarray(j, dtype=np.int64)
+    edge_index, _ = neighbour_list(frame.positions, frame.cell, frame.pbc, r_max)
+    return edge_index[0], edge_index[1]
 
 
 def avg_num_neighbors(frames: Sequence, r_max: float) -> float:
@@ -179,4 +155,12 @@ def avg_num_neighbors(frames: Sequence, r_max: float) -> float:
         i, _ = neighbor_pairs(frame, r_max)
         n_edges += len(i)
         n_atoms += len(frame.numbers)
+    return float(n_edges / n_atoms) if n_atoms else 0.0
+
+
+def avg_num_neighbors_of_graphs(graphs: Sequence[Graph]) -> float:
+    """`avg_num_neighbors` of graphs already built (their edges are the neighbour pairs
+    within the graphs' cutoff). 0.0 for empty input."""
+    n_edges = sum(int(g.edge_index.shape[1]) for g in graphs)
+    n_atoms = sum(g.num_atoms for g in graphs)
     return float(n_edges / n_atoms) if n_atoms else 0.0

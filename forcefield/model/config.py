@@ -1,4 +1,4 @@
-"""The `model` section of the config, with its defaults (DESIGN.md §5.2)."""
+"""The `model` section of the config, with its defaults (docs/design.md, section "Architecture")."""
 from __future__ import annotations
 
 from typing import Dict, List, Literal, Optional
@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class SwitchConfig(BaseModel):
-    """Smooth-min isolation switch (DESIGN.md §3).
+    """Smooth-min isolation switch (docs/design.md, section "Isolation switch").
 
     Defaults: tau = 0.1 Å, r_on = 0.75 r_max, r_off = r_max. With them s_i = 1 exactly
     for any atom whose nearest neighbour is closer than about 0.7 r_max (3.5 Å at

@@ -1,6 +1,6 @@
 """The energy model: species embedding -> interactions -> e_i -> switch -> E_i; F = -dE/dr.
 
-Per-atom energy (DESIGN.md §3):  E_i = s_i (sigma e_i + mu_Z) + (1 - s_i) E0_Z.
+Per-atom energy (docs/design.md, section "Isolation switch"):  E_i = s_i (sigma e_i + mu_Z) + (1 - s_i) E0_Z.
 
 All geometry enters through edge vectors r_ij = pos[j] - pos[i] + shift_ij, so forces
 and the virial come from one gradient dE/dr_ij:
@@ -60,10 +60,11 @@ class ForceField(nn.Module):
                                       num_species=n_species))
             irreps = out
         self.layers = nn.ModuleList(layers)
-        # DeNS (training only, modules outside this class): the force encoding is added to the
-        # first node features that carry l > 0 (entering block 2; block 1 reads scalars only, so
-        # the deployed model has no unused inputs), and the noise head reads the features
-        # entering the last block, as the energy's last block does.
+        # The `node_features` hook of `forward` (DeNS's force encoding in training; modules
+        # outside this class) is added to the first node features that carry l > 0 (entering
+        # block `dens_layer`, the second; block 1 reads scalars only, so the deployed model has
+        # no unused inputs), and the noise head reads the features entering the last block,
+        # as the energy's last block does.
         self.dens_layer = min(1, cfg.num_layers - 1)
         self.irreps_dens = layers[self.dens_layer].irreps_in
         self.irreps_penultimate = layers[-1].irreps_in
@@ -121,8 +122,9 @@ class ForceField(nn.Module):
         return [torch.nonzero(m).squeeze(-1) for m in masks]
 
     def node_energies(self, edge_vec: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
-                      dens_features: Optional[torch.Tensor] = None, n_local: int = -1) -> Dict[str, torch.Tensor]:
-        """Per-atom energies E_i (eV) and the intermediate features (for the DeNS head)."""
+                      node_features: Optional[torch.Tensor] = None, n_local: int = -1) -> Dict[str, torch.Tensor]:
+        """Per-atom energies E_i (eV) and the intermediate features (for the DeNS head);
+        `node_features` (irreps `irreps_dens`) are added to the features entering block `dens_layer`."""
         num_nodes = species.shape[0]
         r = edge_lengths(edge_vec)
         u = self.envelope(r)
@@ -137,8 +139,8 @@ class ForceField(nn.Module):
         penultimate = h
         n_layers = len(self.layers)
         for k, layer in enumerate(self.layers):
-            if k == self.dens_layer and dens_features is not None:
-                h = h + dens_features
+            if k == self.dens_layer and node_features is not None:
+                h = h + node_features
             if k == n_layers - 1:
                 penultimate = h
             if prune:
@@ -157,18 +159,22 @@ class ForceField(nn.Module):
     def forward(self, pos: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
                 shifts: torch.Tensor, batch: torch.Tensor, num_graphs: int, n_local: int = -1,
                 compute_forces: bool = True, compute_virial: bool = False, create_graph: bool = False,
-                dens_features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                node_features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Energies per graph, per-atom energies, forces (N,3) and virial (num_graphs,3,3).
 
         pos (N,3); species (N,) index into self.species; edge_index (2,E) full list,
         row 0 the centre atom; shifts (E,3) Cartesian periodic shifts; batch (N,) graph index.
         n_local >= 0: only atoms [0, n_local) contribute energy (LAMMPS ghosts follow them).
+        Pass everything after num_graphs by keyword. node_features (N, irreps_dens.dim),
+        optional: added to the node features entering block `dens_layer` (DeNS's force
+        encoding in training). It is not keyword-only (`*`) because TorchScript refuses
+        keyword-only parameters with defaults.
         """
         edge_vec = pos[edge_index[1]] - pos[edge_index[0]] + shifts
         need_grad = compute_forces or compute_virial
         if need_grad and not edge_vec.requires_grad:
             edge_vec.requires_grad_(True)
-        out = self.node_energies(edge_vec, species, edge_index, dens_features, n_local)
+        out = self.node_energies(edge_vec, species, edge_index, node_features, n_local)
         node_energy = out["node_energy"]
         n_energy = node_energy.shape[0] if n_local < 0 else n_local
         counted = node_energy[:n_energy]

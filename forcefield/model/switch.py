@@ -1,4 +1,4 @@
-"""Smooth-min isolation switch (DESIGN.md §3).
+"""Smooth-min isolation switch (docs/design.md, section "Isolation switch").
 
 For atom i with neighbours j (distances r_ij, cutoff envelope u):
 

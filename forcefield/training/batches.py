@@ -1,4 +1,5 @@
-"""Training batches: labelled graphs, DeNS corruption and the masks the loss needs."""
+"""Training batches: labelled graphs, DeNS samples (forcefield/training/dens.py) and the masks
+the loss needs."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -6,29 +7,16 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from forcefield.data.frames import Frame, frame_location
-from forcefield.data.graph import Graph, build_graph, collate, neighbour_list
+from forcefield.data.graph import Graph, collate
+from forcefield.data.graph import frame_to_graph  # noqa: F401 - re-exported for bench/training_throughput.py
 from forcefield.training.config import DensConfig
-from forcefield.training.dens import corrupt
-
-
-def frame_to_graph(frame: Frame, species: Sequence[str], r_max: float) -> Graph:
-    return build_graph(frame.numbers, frame.positions, frame.cell, frame.pbc, species, r_max,
-                       where=frame_location(frame), energy=frame.energy, forces=frame.forces,
-                       stress=frame.stress)
-
-
-def _corrupted_graph(g: Graph, noise: np.ndarray, species: Sequence[str], r_max: float) -> Graph:
-    """Same labels (the original ones), displaced positions, neighbour list rebuilt."""
-    pos = g.positions + noise
-    edge_index, shifts = neighbour_list(pos, g.cell, g.pbc, r_max)
-    return Graph(g.species, pos, g.cell, g.pbc, edge_index, shifts, g.energy, g.forces, g.stress)
+from forcefield.training.dens import dens_sample
 
 
 def make_batch(graphs: List[Graph], species: Sequence[str], r_max: float, dtype: torch.dtype,
                device, rng: Optional[np.random.Generator] = None,
                dens: Optional[DensConfig] = None) -> Dict[str, torch.Tensor]:
-    """Collate `graphs`; with `dens` (and `rng`) turn some of them into DeNS samples.
+    """Collate `graphs`; with `dens` (and `rng`) turn some of them into DeNS samples (`dens_sample`).
 
     Extra keys: noise_mask (N,) displaced atoms; noise_target (N,3) noise/std;
     force_mask (N,) atoms in the force loss; energy_mask (G,) graphs in the energy loss;
@@ -37,20 +25,11 @@ def make_batch(graphs: List[Graph], species: Sequence[str], r_max: float, dtype:
     use = []
     noise_mask, noise_target, force_mask = [], [], []
     for g in graphs:
-        n = g.num_atoms
-        is_dens = bool(dens is not None and dens.enabled and rng is not None and n > 0
-                       and rng.random() < dens.prob)
-        if is_dens:
-            c = corrupt(n, rng, dens.corrupt_ratio, dens.std, dens.std_range)
-            use.append(_corrupted_graph(g, c.noise, species, r_max))
-            noise_mask.append(c.mask)
-            noise_target.append(c.noise / c.std)
-            force_mask.append(~c.mask if dens.uncorrupted_force_loss else np.zeros(n, bool))
-        else:
-            use.append(g)
-            noise_mask.append(np.zeros(n, bool))
-            noise_target.append(np.zeros((n, 3)))
-            force_mask.append(np.ones(n, bool))
+        graph, moved, target, fmask = dens_sample(g, rng, dens, r_max)
+        use.append(graph)
+        noise_mask.append(moved)
+        noise_target.append(target)
+        force_mask.append(fmask)
     batch = collate(use, dtype=dtype, device=device)
     dens_graph = torch.tensor([m.any() for m in noise_mask], dtype=torch.bool, device=device)
     batch["dens_graph"] = dens_graph

@@ -1,4 +1,5 @@
-"""The training config file (YAML): data, model, dens and training sections (DESIGN.md §5.2).
+"""The training config file (YAML): data, model, dens and training sections (docs/design.md,
+section "Training recipe").
 
 Every section forbids unknown keys, so a misspelt key is an error that names it.
 `TEMPLATE` is the commented default config printed by `forcefield template`.
@@ -28,12 +29,11 @@ class DataConfig(BaseModel):
 
 
 class DensConfig(BaseModel):
-    """DeNS (DESIGN.md §4). Defaults follow bench/accuracy.py (rMD17 ethanol, 2 seeds x 30
-    epochs, 1 seed x 60 epochs, equal epochs): plain training gave the lowest force MAE;
-    DeNS with only the denoising loss was 2-4% behind it and the paper's regime (energy and
-    uncorrupted-force losses of DeNS samples against the original labels) 16-17% behind.
-    So DeNS is off by default and, when enabled, runs the denoising-only regime; the
-    paper's regime is two switches away (energy_loss, uncorrupted_force_loss)."""
+    """DeNS (docs/design.md, section "DeNS"). Off by default and, when enabled, the
+    denoising-only regime; the paper's regime (energy and uncorrupted-force losses of DeNS
+    samples against the original labels) is two switches away (energy_loss,
+    uncorrupted_force_loss). The measurements behind these defaults (bench/accuracy.py)
+    are in bench/README.md."""
     model_config = ConfigDict(extra="forbid")
     enabled: bool = False
     prob: float = Field(0.25, ge=0, le=1, description="fraction of structures that become DeNS samples")

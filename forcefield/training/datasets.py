@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional, Sequence
 
-from forcefield.data.frames import Frame, check_labels, check_species, read_frames
+from forcefield.data.checks import check_labels, check_species
+from forcefield.data.frames import Frame, read_frames
+from forcefield.data.graph import Graph, frame_to_graph
 from forcefield.data.split import extract_e0, train_valid_split
-from forcefield.data.statistics import avg_num_neighbors, fit_species_shift, force_rms
+from forcefield.data.statistics import (avg_num_neighbors, avg_num_neighbors_of_graphs, fit_species_shift,
+                                         force_rms)
 from forcefield.errors import InputError
 from forcefield.training.config import Config
 
@@ -55,7 +58,6 @@ def check_loss_weights(cfg: Config, train: List[Frame]) -> None:
 
 def _check_test_geometry(frames: List[Frame], cfg: Config) -> None:
     """Coincident atoms or a bad cell in data.test are reported now, not after training."""
-    from forcefield.training.batches import frame_to_graph
     for f in frames:
         frame_to_graph(f, cfg.model.species, cfg.model.r_max)
 
@@ -109,15 +111,21 @@ def check_species_covered(cfg: Config, train: List[Frame], e0: Mapping[str, floa
                          "or data.isolated_atoms, or remove it from model.species")
 
 
-def statistics(cfg: Config, data: Datasets) -> Dict[str, object]:
-    """shift (mu_Z), scale (force RMS), e0 and avg_num_neighbors for the model config."""
+def statistics(cfg: Config, data: Datasets, train_graphs: Optional[Sequence[Graph]] = None) -> Dict[str, object]:
+    """shift (mu_Z), scale (force RMS), e0 and avg_num_neighbors for the model config.
+    With `train_graphs` (the graphs of data.train at model.r_max, as the trainer builds them)
+    the neighbours are counted on those instead of building every neighbour list again."""
     m = cfg.model
     e0 = dict(data.e0)
     e0.update(m.e0 or {})
     check_species_covered(cfg, data.train, e0)
     shift = m.shift or fit_species_shift(data.train, m.species, e0=e0 or None)
+    if train_graphs is None:
+        neighbours = avg_num_neighbors(data.train, m.r_max)
+    else:
+        neighbours = avg_num_neighbors_of_graphs(train_graphs)
     return {"shift": shift, "scale": force_rms(data.train, shift), "e0": e0 or None,
-            "avg_num_neighbors": avg_num_neighbors(data.train, m.r_max)}
+            "avg_num_neighbors": neighbours}
 
 
 def model_config_with_statistics(cfg: Config, stats: Dict[str, object]):

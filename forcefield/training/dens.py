@@ -1,21 +1,28 @@
-"""DeNS: denoising of non-equilibrium structures, for a conservative model (DESIGN.md §4).
+"""DeNS: denoising of non-equilibrium structures, for a conservative model (docs/design.md,
+section "DeNS").
 
-Training only. `corrupt` picks DeNS samples and displaces part of their atoms;
-`ForceEncoder` embeds the original forces of the displaced atoms as |f| Y^l(f/|f|) and maps
-them linearly into node features; `NoiseHead` predicts noise / std per atom. Neither module
-is part of `ForceField`, so the exported model carries none of them.
+Training only, and all of it here. `DeNS` is what the trainer holds: the `dens` config, the
+force encoder, the noise head, the coefficient schedule and the noise loss. `dens_sample`
+turns one training graph into a DeNS sample (`make_batch` calls it), with the displacement
+drawn by `corrupt`. `ForceEncoder` embeds the original forces of the displaced atoms as
+|f| Y^l(f/|f|) and maps them linearly into node features, which enter the model through
+ForceField's generic `node_features` hook; `NoiseHead` predicts noise / std per atom.
+Neither module is part of `ForceField`, so the exported model carries none of them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from e3nn import o3
 from torch import nn
 
+from forcefield.data.graph import Graph, neighbour_list
 from forcefield.model.interaction import Interaction
+from forcefield.training.config import DensConfig
+from forcefield.training.loss import masked_mse
 
 
 @dataclass
@@ -43,6 +50,24 @@ def corrupt(n_atoms: int, rng: np.random.Generator, corrupt_ratio: float, std: f
     return Corruption(mask, noise, std)
 
 
+def dens_sample(g: Graph, rng: Optional[np.random.Generator], config: Optional[DensConfig],
+                r_max: float) -> Tuple[Graph, np.ndarray, np.ndarray, np.ndarray]:
+    """(graph, noise_mask (N,), noise_target (N,3), force_mask (N,)) of one structure of a
+    training batch. With probability config.prob a DeNS sample: some atoms displaced
+    (`corrupt`), the neighbour list rebuilt, the labels the original ones, noise_target the
+    noise / std, and the force loss on the undisplaced atoms only if
+    config.uncorrupted_force_loss. Otherwise (or without config or rng) the graph as it is."""
+    n = g.num_atoms
+    if config is not None and config.enabled and rng is not None and n > 0 and rng.random() < config.prob:
+        c = corrupt(n, rng, config.corrupt_ratio, config.std, config.std_range)
+        pos = g.positions + c.noise
+        edge_index, shifts = neighbour_list(pos, g.cell, g.pbc, r_max)
+        moved = Graph(g.species, pos, g.cell, g.pbc, edge_index, shifts, g.energy, g.forces, g.stress)
+        force_mask = ~c.mask if config.uncorrupted_force_loss else np.zeros(n, bool)
+        return moved, c.mask, c.noise / c.std, force_mask
+    return g, np.zeros(n, bool), np.zeros((n, 3)), np.ones(n, bool)
+
+
 class ForceEncoder(nn.Module):
     """f (normalised by the force scale) -> o3.Linear(|f| Y^l(f/|f|), l = 0..lmax) -> node irreps."""
 
@@ -56,6 +81,14 @@ class ForceEncoder(nn.Module):
         norm = torch.sqrt(torch.sum(forces * forces, dim=-1, keepdim=True) + 1e-24)
         enc = norm * self.sh(forces / norm)
         return self.linear(enc) * mask.unsqueeze(-1).to(forces.dtype)
+
+    def encode(self, batch: Dict[str, torch.Tensor], scale: float) -> Optional[torch.Tensor]:
+        """The encoding of the reference forces (in units of `scale`) of the displaced atoms
+        of `batch`; None when the batch displaces no atom."""
+        mask = batch.get("noise_mask")
+        if mask is None or not bool(mask.any()):
+            return None
+        return self(batch["forces"] / scale, mask)
 
 
 class NoiseHead(nn.Module):
@@ -76,3 +109,55 @@ class NoiseHead(nn.Module):
         keep = mask[edge_index[0]]
         h = self.block(features, edge_sh[keep], edge_radial[keep], edge_index[:, keep])
         return self.out(h)
+
+    def loss(self, out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The noise loss: mean squared error of the predicted noise / std over the displaced
+        atoms of `batch`, from the model outputs `out` (penultimate features, edge sh/radial)."""
+        mask = batch["noise_mask"]
+        pred = self(out["penultimate"], out["edge_sh"], out["edge_radial"], batch["edge_index"], mask)
+        return masked_mse(pred - batch["noise_target"], mask)
+
+
+class DeNS:
+    """DeNS for one model: config, force encoder, noise head, coefficient schedule, noise loss.
+
+    The trainer holds one (or None with dens.enabled false); the optimizer gets
+    `parameters()` after the model's, checkpoints store `state_dict()` (keys encoder_state
+    and head_state)."""
+
+    def __init__(self, config: DensConfig, model: nn.Module, device=None):
+        mc = model.model_config()
+        self.config = config
+        self.encoder = ForceEncoder(mc.lmax, model.irreps_dens).to(device, model.dtype)
+        self.head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden,
+                              mc.avg_num_neighbors).to(device, model.dtype)
+
+    def coefficient(self, progress: float) -> float:
+        """Weight of the noise loss at `progress` (fraction of the budget): config.coefficient,
+        decaying linearly to 0 at config.end with config.decay; 0 from config.end on."""
+        d = self.config
+        if progress >= d.end:
+            return 0.0
+        return d.coefficient * (max(0.0, 1.0 - progress / d.end) if d.decay else 1.0)
+
+    def batch_config(self, coefficient: float) -> Optional[DensConfig]:
+        """The config `make_batch` corrupts with at this coefficient: None (no DeNS sample) at 0."""
+        return self.config if coefficient > 0.0 else None
+
+    def parameters(self) -> List[nn.Parameter]:
+        return list(self.encoder.parameters()) + list(self.head.parameters())
+
+    def state_dict(self) -> Dict[str, dict]:
+        return {"encoder_state": self.encoder.state_dict(), "head_state": self.head.state_dict()}
+
+    def load_state_dict(self, state: Dict[str, dict]) -> None:
+        self.encoder.load_state_dict(state["encoder_state"])
+        self.head.load_state_dict(state["head_state"])
+
+    def node_features(self, batch: Dict[str, torch.Tensor], scale: float) -> Optional[torch.Tensor]:
+        """The force encoding of the displaced atoms of `batch` (forces in units of the model's
+        scale), for ForceField's `node_features`; None when no atom is displaced."""
+        return self.encoder.encode(batch, scale)
+
+    def noise_loss(self, out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head.loss(out, batch)

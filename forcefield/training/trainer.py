@@ -22,67 +22,31 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from forcefield.model.forcefield import ForceField
 from forcefield.atomic_io import write_text
+from forcefield.data.graph import frame_to_graph
 from forcefield.errors import InputError
+from forcefield.model.forcefield import ForceField
 from forcefield.model.serialization import read_checkpoint, write_checkpoint
-from forcefield.training.batches import frame_to_graph, make_batch
+from forcefield.plots import learning_curve
+from forcefield.training.batches import make_batch
 from forcefield.training.config import Config, dump_config
 from forcefield.training.datasets import load_datasets, model_config_with_statistics, statistics
-from forcefield.training.dens import ForceEncoder, NoiseHead
+from forcefield.training.dens import DeNS
 from forcefield.training.ema import EMA
 from forcefield.training.loss import batch_loss
-from forcefield.training.plots import learning_curve
+from forcefield.training.resume import check_resume_config
 from forcefield.training.schedule import Schedule
 
 METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_energy_loss", "train_forces_loss", "train_stress_loss",
                   "train_dens_loss", "dens_coefficient", "valid_loss", "valid_energy_mae", "valid_forces_mae",
                   "valid_stress_mae", "time_s", "stage", "event"]
 RUN_FILES = ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "learning_curve.png", "test_metrics.json")
-# config keys that may differ on --resume (budget and machine); anything else is refused
-RESUMABLE_KEYS = {"training.max_epochs", "training.max_time", "training.num_threads", "training.device",
-                  "training.early_stop", "data.test"}
-
-
-def _flatten(d: dict, prefix: str = "") -> Dict[str, object]:
-    out: Dict[str, object] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and k not in ("e0", "shift"):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def config_changes(old: dict, new: dict) -> Dict[str, tuple]:
-    """{dotted key: (old, new)} for every key whose value differs."""
-    a, b = _flatten(old), _flatten(new)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
-
-
-def check_resume_config(old: dict, new: dict, where: Path) -> Dict[str, tuple]:
-    """The allowed changes; InputError naming the others."""
-    changes = config_changes(old, new)
-    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS}
-    if refused:
-        shown = ", ".join(f"{k} ({v[0]!r} -> {v[1]!r})" for k, v in list(refused.items())[:6])
-        more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
-        hint = ""
-        if "dens.enabled" in refused:
-            hint = ("; turning DeNS on or off adds or removes trainable modules (force encoder, noise "
-                    "head) that the checkpoint's optimizer state does not have")
-        raise InputError(f"{where}: --resume with a changed config: {shown}{more}; only "
-                         f"{', '.join(sorted(RESUMABLE_KEYS))} may change (start a new run with "
-                         f"--overwrite or another --output){hint}")
-    return changes
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from forcefield.errors import InputError
         raise InputError("training.device: cuda requested but no CUDA device is available")
     return torch.device(name)
 
@@ -114,24 +78,20 @@ class Trainer:
         if self._replace and not overwrite:
             raise InputError(f"{self.out}: already holds a training run ({', '.join(existing)}); "
                              "continue it with --resume or replace it with --overwrite")
+        # model.species and model.r_max are those of a resumed checkpoint too (--resume refuses
+        # a changed model section); the statistics count neighbours on these graphs
+        self.species, self.r_max = list(cfg.model.species), float(cfg.model.r_max)
+        self.train_graphs = [frame_to_graph(f, self.species, self.r_max) for f in self.data.train]
+        self.valid_graphs = [frame_to_graph(f, self.species, self.r_max) for f in self.data.valid]
         if resume_ckpt is not None:
             model_cfg = resume_ckpt["model_config"]
         else:
-            model_cfg = model_config_with_statistics(cfg, statistics(cfg, self.data))
+            model_cfg = model_config_with_statistics(cfg, statistics(cfg, self.data, self.train_graphs))
         self.model = ForceField.from_config(model_cfg).to(self.device)
         self.dtype = self.model.dtype
-        mc = self.model.model_config()
-        self.species, self.r_max = list(mc.species), float(mc.r_max)
-        self.train_graphs = [frame_to_graph(f, self.species, self.r_max) for f in self.data.train]
-        self.valid_graphs = [frame_to_graph(f, self.species, self.r_max) for f in self.data.valid]
 
-        self.encoder = self.head = None
-        params = list(self.model.parameters())
-        if cfg.dens.enabled:
-            self.encoder = ForceEncoder(mc.lmax, self.model.irreps_dens).to(self.device, self.dtype)
-            self.head = NoiseHead(self.model, mc.channels, mc.num_basis, mc.radial_hidden,
-                                  mc.avg_num_neighbors).to(self.device, self.dtype)
-            params += list(self.encoder.parameters()) + list(self.head.parameters())
+        self.dens: Optional[DeNS] = DeNS(cfg.dens, self.model, self.device) if cfg.dens.enabled else None
+        params = list(self.model.parameters()) + (self.dens.parameters() if self.dens is not None else [])
         opt_cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(params, lr=tr.lr, weight_decay=tr.weight_decay, amsgrad=tr.amsgrad)
         steps_per_epoch = math.ceil(len(self.train_graphs) / tr.batch_size)
@@ -147,6 +107,16 @@ class Trainer:
         self.test_metrics: Optional[Dict[str, float]] = None
         if resume_ckpt is not None:
             self._load_state(resume_ckpt)
+
+    @property
+    def encoder(self):
+        """DeNS's force encoder (None without DeNS)."""
+        return self.dens.encoder if self.dens is not None else None
+
+    @property
+    def head(self):
+        """DeNS's noise head (None without DeNS)."""
+        return self.dens.head if self.dens is not None else None
 
     @property
     def weights(self) -> Dict[str, float]:
@@ -165,8 +135,7 @@ class Trainer:
             "model_config": self.model.model_config().model_dump(mode="json"),
             "model_state": {k: v.detach().cpu() for k, v in self._eval_state().items()},
             "raw_model_state": self.model.state_dict(),
-            "encoder_state": self.encoder.state_dict() if self.encoder is not None else None,
-            "head_state": self.head.state_dict() if self.head is not None else None,
+            **(self.dens.state_dict() if self.dens is not None else {"encoder_state": None, "head_state": None}),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -179,9 +148,8 @@ class Trainer:
 
     def _load_state(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["raw_model_state"])
-        if self.encoder is not None and ckpt.get("encoder_state") is not None:
-            self.encoder.load_state_dict(ckpt["encoder_state"])
-            self.head.load_state_dict(ckpt["head_state"])
+        if self.dens is not None and ckpt.get("encoder_state") is not None:
+            self.dens.load_state_dict(ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.schedule.load_state_dict(ckpt.get("schedule"))
         self._set_lr(self.schedule.lr)
@@ -218,12 +186,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def dens_coefficient(self, progress: float) -> float:
-        d = self.cfg.dens
-        if not d.enabled:
-            return 0.0
-        if progress >= d.end:
-            return 0.0
-        return d.coefficient * (max(0.0, 1.0 - progress / d.end) if d.decay else 1.0)
+        return self.dens.coefficient(progress) if self.dens is not None else 0.0
 
     def _out_of_time(self) -> bool:
         tr = self.cfg.training
@@ -247,7 +210,7 @@ class Trainer:
         for b in range(state["next"], len(batches)):
             idx = batches[b]
             state["coef"] = coef = self.dens_coefficient(self.schedule.progress(self.elapsed))
-            dens = self.cfg.dens if self.cfg.dens.enabled and coef > 0.0 else None
+            dens = self.dens.batch_config(coef) if self.dens is not None else None
             batch = make_batch([self.train_graphs[i] for i in idx], self.species, self.r_max, self.dtype,
                                self.device, self.rng, dens)
             self.optimizer.zero_grad(set_to_none=True)
@@ -390,7 +353,7 @@ class Trainer:
         return self.rows[-1] if self.rows else {}
 
     def evaluate_test(self) -> Dict[str, float]:
-        """Errors of best.ckpt on data.test (DESIGN.md §5.1 units), written to test_metrics.json."""
+        """Errors of best.ckpt on data.test (`evaluate`'s metrics), written to test_metrics.json."""
         import json
 
         from forcefield.evaluation import evaluate

@@ -14,6 +14,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from forcefield.demo.data import dimer_curve, generate_demo_dataset, isolated_atom_energy
+
 
 @dataclass
 class DemoSettings:
@@ -95,21 +97,16 @@ def nve_drift(rows, n_atoms: int) -> Dict[str, float]:
     return {"max_abs_drift_ev_per_atom": float(np.abs(dev).max()), "linear_drift_ev_per_atom": float(slope)}
 
 
-def dimer_plot(model_path: Path, path: Path) -> None:
-    """Cu-Cu and Cu-Au dimer curves of the trained model against EMT, with the E0 limit."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def dimer_curves(model_path: Path, pairs=(("Cu", "Cu"), ("Cu", "Au"))) -> list:
+    """(label, distances, EMT, model) per pair, energies relative to E0_a + E0_b (eV)."""
     from ase import Atoms
 
     from forcefield.calculator import ForceFieldCalculator
-    from forcefield.data.demo_data import dimer_curve, isolated_atom_energy
-    from forcefield.training.atomic_io import atomic_path
 
     calc = ForceFieldCalculator(model_path)
     d = np.linspace(1.8, 6.5, 240)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for k, (a, b) in enumerate((("Cu", "Cu"), ("Cu", "Au"))):
+    curves = []
+    for a, b in pairs:
         e0 = isolated_atom_energy(a) + isolated_atom_energy(b)
         ref = np.asarray(dimer_curve(a, b, d)) - e0
         pred = []
@@ -117,33 +114,21 @@ def dimer_plot(model_path: Path, path: Path) -> None:
             at = Atoms(f"{a}{b}", positions=[[0, 0, 0], [r, 0, 0]])
             at.calc = calc
             pred.append(at.get_potential_energy() - e0)
-        ax.plot(d, ref, "--", color=f"C{k}", label=f"{a}-{b} EMT")
-        ax.plot(d, pred, "-", color=f"C{k}", label=f"{a}-{b} model")
-    ax.axhline(0.0, color="k", lw=0.7)
-    ax.axvline(6.0, color="grey", lw=0.7, ls=":", label="r_max")
-    ax.set_xlabel("distance (Å)")
-    ax.set_ylabel("E - (E0_a + E0_b)  (eV)")
-    ax.set_title("dimer dissociation: smooth fall-back to E0")
-    ax.set_ylim(min(-2.5, ax.get_ylim()[0]), 1.5)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+        curves.append((f"{a}-{b}", d, ref, np.asarray(pred)))
+    return curves
 
 
 def run_demo(output: Path | str = "demo_output", quick: bool = False, train_time: Optional[float] = None) -> dict:
     import ase.io
 
+    from forcefield.atomic_io import write_text
     from forcefield.calculator import ForceFieldCalculator
-    from forcefield.data.demo_data import generate_demo_dataset
     from forcefield.evaluation import evaluate
     from forcefield.export.lammps_runner import parse_performance, parse_thermo, run_lammps
     from forcefield.export.plugin import build_plugin
     from forcefield.export.torchscript import export_model
-    from forcefield.training.atomic_io import write_text
+    from forcefield.plots import dimer_plot, parity_plot
     from forcefield.training.config import load_config
-    from forcefield.training.plots import parity_plot
     from forcefield.training.trainer import train
 
     out = Path(output).resolve()
@@ -171,7 +156,7 @@ def run_demo(output: Path | str = "demo_output", quick: bool = False, train_time
     _say("[bold]4/6[/bold] exporting to TorchScript (float64) and building the LAMMPS plugin")
     model_path = export_model(run_dir / "best.ckpt", out / "model.pt", dtype="float64")
     plugin = build_plugin()
-    dimer_plot(model_path, out / "dimer.png")
+    dimer_plot(dimer_curves(model_path), cfg.model.r_max, out / "dimer.png")
 
     _say(f"[bold]5/6[/bold] LAMMPS NVE, {s.md_steps} steps of 1 fs, slab with atoms evaporating")
     slab, top = slab_with_evaporators(s.slab_size)
