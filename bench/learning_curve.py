@@ -190,6 +190,8 @@ def mace_eval(model_path: Path) -> None:
 
 
 def suite_jobs(args) -> list[str]:
+    if args.jobs:
+        return [j.strip() for j in args.jobs.split(",") if j.strip()]
     if args.suite == "dens":
         return [f"ours:{r}:N50:s{s}" for s in (0, 1, 2) for r in ("off", "paper", "denoise", "half")]
     jobs = []
@@ -269,6 +271,7 @@ def main(argv=None) -> int:
     p.add_argument("--suite", choices=["dens", "curve"], default="dens")
     p.add_argument("--budget", type=float, default=600.0, help="training seconds per run")
     p.add_argument("--lanes", type=int, default=2, help="runs side by side")
+    p.add_argument("--jobs", help="comma-separated job names, run in this order (instead of --suite)")
     p.add_argument("--curve-regime", default="off", help="DeNS regime for the curve's second row of ours")
     p.add_argument("--model-json", default="{}", help="model section overrides for ours (JSON)")
     p.add_argument("--training-json", default="{}", help="training section overrides for ours (JSON)")

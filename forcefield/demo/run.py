@@ -45,9 +45,9 @@ def demo_config(data: Dict[str, Path], s: DemoSettings) -> dict:
         "model": {"species": ["Cu", "Au"], "r_max": 6.0, "num_layers": 2, "channels": s.channels,
                   "lmax": s.lmax, "dtype": "float32"},
         "dens": {"enabled": True},
-        "training": {"max_epochs": 10000, "max_time": s.train_time, "batch_size": 4, "lr": 0.01,
-                     "scheduler": "plateau", "seed": 0, "device": "cpu",
-                     "energy_weight": 1.0, "forces_weight": 10.0, "stress_weight": 1.0},
+        # the default recipe (warm-up, plateau in steps, final energy stage at 80% of max_time)
+        "training": {"max_epochs": 10000, "max_time": s.train_time, "batch_size": 4, "seed": 0,
+                     "device": "cpu"},
     }
 
 

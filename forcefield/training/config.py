@@ -56,7 +56,7 @@ class FinalStageConfig(BaseModel):
     start: float = Field(0.8, gt=0, le=1, description="fraction of the budget (max_epochs or max_time) "
                          "after which it starts, if stage 1 has not converged before")
     energy_weight: Optional[float] = Field(100.0, ge=0, description="null: keep training.energy_weight")
-    forces_weight: Optional[float] = Field(None, ge=0, description="null: keep training.forces_weight")
+    forces_weight: Optional[float] = Field(10.0, ge=0, description="null: keep training.forces_weight")
     stress_weight: Optional[float] = Field(None, ge=0, description="null: keep training.stress_weight")
     lr: Optional[float] = Field(None, gt=0, description="LR at the start of the stage; null: 0.1 training.lr")
 
@@ -66,9 +66,9 @@ class TrainingConfig(BaseModel):
     max_epochs: int = Field(100, ge=1)
     max_time: Optional[float] = Field(None, gt=0, description="wall-time budget in seconds")
     batch_size: int = Field(5, ge=1)
-    lr: float = Field(5e-3, gt=0)
+    lr: float = Field(1e-2, gt=0)
     optimizer: Literal["adam", "adamw"] = "adam"
-    amsgrad: bool = False
+    amsgrad: bool = True
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["plateau", "cosine", "none"] = "plateau"
     warmup_steps: int = Field(100, ge=0, description="optimizer steps of linear LR warm-up")
@@ -83,7 +83,7 @@ class TrainingConfig(BaseModel):
     seed: int = 0
     device: Literal["cpu", "cuda", "auto"] = "auto"
     energy_weight: float = Field(1.0, ge=0)
-    forces_weight: float = Field(10.0, ge=0)
+    forces_weight: float = Field(100.0, ge=0)
     stress_weight: float = Field(1.0, ge=0)
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's)")
 
@@ -184,13 +184,13 @@ dens:                         # denoising non-equilibrium structures (training o
   decay: true                 # coefficient decays linearly to 0 over training
   end: 1.0                    # fraction of the budget after which DeNS stops (decay reaches 0 there)
 
-training:
+training:                     # defaults chosen on rMD17 ethanol, 50 structures: bench/README.md
   max_epochs: 100
   max_time: null              # wall-time budget of the training loop, seconds; both limits apply
   batch_size: 5
-  lr: 0.005
+  lr: 0.01
   optimizer: adam             # adam | adamw
-  amsgrad: false
+  amsgrad: true
   weight_decay: 0.0
   scheduler: plateau          # plateau | cosine (sized from max_epochs / max_time) | none
   warmup_steps: 100           # linear LR warm-up, optimizer steps
@@ -203,7 +203,7 @@ training:
     enabled: true
     start: 0.8                # fraction of the budget, or earlier when stage 1 has converged
     energy_weight: 100.0      # null = keep training.energy_weight
-    forces_weight: null       # null = keep training.forces_weight
+    forces_weight: 10.0       # null = keep training.forces_weight
     stress_weight: null
     lr: null                  # LR at the start of the stage (null = 0.1 lr)
   ema_decay: 0.99             # exponential moving average of weights; null = off
@@ -211,7 +211,7 @@ training:
   seed: 0
   device: auto                # cpu | cuda | auto
   energy_weight: 1.0          # loss weights (energies per atom, forces, stress; in units of the scale)
-  forces_weight: 10.0
+  forces_weight: 100.0
   stress_weight: 1.0
   num_threads: null
 """
