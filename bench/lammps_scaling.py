@@ -16,6 +16,7 @@ ghosts within num_layers hops, as before folding): there the ghost shell (num_la
 r_max + skin deep) is a large part of the work for small boxes and a shrinking one for
 large boxes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,11 +46,18 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nprocs", type=int, default=1, help="MPI ranks")
-    ap.add_argument("--no-fold", action="store_true",
-                    help="FORCEFIELD_FOLD=0: periodic images as ghost atoms (the pre-folding path)")
+    ap.add_argument(
+        "--no-fold",
+        action="store_true",
+        help="FORCEFIELD_FOLD=0: periodic images as ghost atoms (the pre-folding path)",
+    )
     add_model_args(ap)
-    ap.add_argument("--mem-limit-gb", type=float, default=None,
-                    help="address-space limit for LAMMPS (fail cleanly instead of the OOM killer)")
+    ap.add_argument(
+        "--mem-limit-gb",
+        type=float,
+        default=None,
+        help="address-space limit for LAMMPS (fail cleanly instead of the OOM killer)",
+    )
     ap.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
 
@@ -60,8 +68,9 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="ff-lammps-scaling-") as tmp:
         work = Path(tmp)
-        model_path = make_export(work / "model.pt", args.dtype, args.channels, args.lmax, args.num_layers,
-                                 args.r_max, args.seed)
+        model_path = make_export(
+            work / "model.pt", args.dtype, args.channels, args.lmax, args.num_layers, args.r_max, args.seed
+        )
         for size in args.sizes:
             atoms = fcc_alloy(size, seed=args.seed)
             n = len(atoms)
@@ -70,40 +79,66 @@ def main(argv=None) -> None:
             write_data(d / "data.lmp", atoms)
             steps = args.steps or default_steps(n)
             t = time.perf_counter()
-            log = run_lammps(d, lammps_deck(model_path.resolve(), args.warmup, steps, args.skin), args.threads,
-                             nprocs=args.nprocs, dump_inputs=d / "inputs.pt", mem_limit_gb=args.mem_limit_gb)
+            log = run_lammps(
+                d,
+                lammps_deck(model_path.resolve(), args.warmup, steps, args.skin),
+                args.threads,
+                nprocs=args.nprocs,
+                dump_inputs=d / "inputs.pt",
+                mem_limit_gb=args.mem_limit_gb,
+            )
             wall = time.perf_counter() - t
             # what the pair style sent to the model (rank 0)
             sent = torch.load(d / "inputs.pt")
-            info = {"atoms_sent": int(sent[0].shape[0]), "edges_sent": int(sent[2].shape[1]),
-                    "owned_rank0": int(sent[4]), "atoms_sent_per_owned": sent[0].shape[0] / max(1, int(sent[4]))}
+            info = {
+                "atoms_sent": int(sent[0].shape[0]),
+                "edges_sent": int(sent[2].shape[1]),
+                "owned_rank0": int(sent[4]),
+                "atoms_sent_per_owned": sent[0].shape[0] / max(1, int(sent[4])),
+            }
             del sent
             peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
             res = parse_last_run(log)
             step_s = res["loop_s"] / res["steps"]
-            row = {"atoms": n, "steps": res["steps"], "step_s": step_s, "pair_s": res["pair_s"] / res["steps"],
-                   "us_per_atom_step": 1e6 * step_s / n, **info,
-                   "us_per_sent_atom_step": (1e6 * step_s / info["atoms_sent"]) if args.nprocs == 1 else None,
-                   "peak_rss_mb_max_so_far": peak_mb, "wall_s": wall, "nprocs": args.nprocs,
-                   "threads": args.threads, "fold": not args.no_fold,
-                   "malloc_tuning": os.environ.get("FORCEFIELD_MALLOC_TUNING") == "1"}
+            row = {
+                "atoms": n,
+                "steps": res["steps"],
+                "step_s": step_s,
+                "pair_s": res["pair_s"] / res["steps"],
+                "us_per_atom_step": 1e6 * step_s / n,
+                **info,
+                "us_per_sent_atom_step": (1e6 * step_s / info["atoms_sent"]) if args.nprocs == 1 else None,
+                "peak_rss_mb_max_so_far": peak_mb,
+                "wall_s": wall,
+                "nprocs": args.nprocs,
+                "threads": args.threads,
+                "fold": not args.no_fold,
+                "malloc_tuning": os.environ.get("FORCEFIELD_MALLOC_TUNING") == "1",
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\nmodel: {args.dtype}, channels {args.channels}, lmax {args.lmax}, {args.num_layers} layers, "
-          f"r_max {args.r_max}; {args.nprocs} MPI rank(s), {args.threads} thread(s); skin {args.skin}; "
-          f"periodic images {'as ghost atoms (--no-fold)' if args.no_fold else 'folded onto their owners'}")
-    print("| atoms | timed steps | s / step | µs / atom-step | atoms sent, rank 0 (incl. ghosts) "
-          "| per owned atom | edges sent, rank 0 | µs / sent atom-step | peak RSS (MB) |")
+    print(
+        f"\nmodel: {args.dtype}, channels {args.channels}, lmax {args.lmax}, {args.num_layers} layers, "
+        f"r_max {args.r_max}; {args.nprocs} MPI rank(s), {args.threads} thread(s); skin {args.skin}; "
+        f"periodic images {'as ghost atoms (--no-fold)' if args.no_fold else 'folded onto their owners'}"
+    )
+    print(
+        "| atoms | timed steps | s / step | µs / atom-step | atoms sent, rank 0 (incl. ghosts) "
+        "| per owned atom | edges sent, rank 0 | µs / sent atom-step | peak RSS (MB) |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         per_sent = f"{r['us_per_sent_atom_step']:.0f}" if r["us_per_sent_atom_step"] else "-"
-        print(f"| {r['atoms']} | {r['steps']} | {r['step_s']:.2f} | {r['us_per_atom_step']:.0f} | {r['atoms_sent']} "
-              f"| {r['atoms_sent_per_owned']:.2f} | {r['edges_sent']} | {per_sent} "
-              f"| {r['peak_rss_mb_max_so_far']:.0f} |")
+        print(
+            f"| {r['atoms']} | {r['steps']} | {r['step_s']:.2f} | {r['us_per_atom_step']:.0f} | {r['atoms_sent']} "
+            f"| {r['atoms_sent_per_owned']:.2f} | {r['edges_sent']} | {per_sent} "
+            f"| {r['peak_rss_mb_max_so_far']:.0f} |"
+        )
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
-                                          indent=2) + "\n")
+        args.output.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

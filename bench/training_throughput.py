@@ -10,6 +10,7 @@ between the two settings so that machine noise hits both alike; the median round
 Both wall time and this process's CPU time are reported: on a shared machine, with
 `--threads 1`, the CPU-time figure is the one other processes do not disturb.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,16 +36,24 @@ def build(args, dens_on: bool):
     from forcefield.training.ema import EMA
 
     torch.manual_seed(args.seed)
-    cfg = {"species": args.species, "r_max": args.r_max, "num_layers": args.num_layers,
-           "channels": args.channels, "lmax": args.lmax, "dtype": args.dtype, "avg_num_neighbors": 8.0}
+    cfg = {
+        "species": args.species,
+        "r_max": args.r_max,
+        "num_layers": args.num_layers,
+        "channels": args.channels,
+        "lmax": args.lmax,
+        "dtype": args.dtype,
+        "avg_num_neighbors": 8.0,
+    }
     model = ForceField.from_config(cfg).to(args.device)
     params = list(model.parameters())
     encoder = head = None
     if dens_on:
         mc = model.model_config()
         encoder = ForceEncoder(mc.lmax, model.irreps_dens).to(args.device, model.dtype)
-        head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden,
-                         mc.avg_num_neighbors).to(args.device, model.dtype)
+        head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden, mc.avg_num_neighbors).to(
+            args.device, model.dtype
+        )
         params += list(encoder.parameters()) + list(head.parameters())
     opt = torch.optim.Adam(params, lr=1e-3)
     ema = EMA(model, 0.99)
@@ -130,8 +139,11 @@ def main(argv=None) -> int:
             t, c = time_steps(steppers[name], args.steps, args.device)
             wall[name].append(t)
             cpu[name].append(c)
-            print(f"round {r + 1} DeNS {name:3s}: {n_struct / t:8.1f} structures/s wall, "
-                  f"{n_struct / c:8.1f} per CPU second", flush=True)
+            print(
+                f"round {r + 1} DeNS {name:3s}: {n_struct / t:8.1f} structures/s wall, "
+                f"{n_struct / c:8.1f} per CPU second",
+                flush=True,
+            )
     med = {k: statistics.median(v) for k, v in wall.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     rate = {k: n_struct / v for k, v in med.items()}
@@ -139,20 +151,32 @@ def main(argv=None) -> int:
     overhead = 100.0 * (med["on"] / med["off"] - 1.0)
     overhead_cpu = 100.0 * (med_cpu["on"] / med_cpu["off"] - 1.0)
     print()
-    print(f"model: channels {args.channels}, lmax {args.lmax}, {args.num_layers} layers, {args.dtype}, "
-          f"r_max {args.r_max}; {args.data.name} ({n_atoms:.0f} atoms/structure), batch {args.batch_size}, "
-          f"{args.steps} steps x {args.rounds} rounds on {args.device} ({torch.get_num_threads()} threads)")
+    print(
+        f"model: channels {args.channels}, lmax {args.lmax}, {args.num_layers} layers, {args.dtype}, "
+        f"r_max {args.r_max}; {args.data.name} ({n_atoms:.0f} atoms/structure), batch {args.batch_size}, "
+        f"{args.steps} steps x {args.rounds} rounds on {args.device} ({torch.get_num_threads()} threads)"
+    )
     print(f"{'':10s}{'structures/s (wall)':>22s}{'per CPU second':>18s}")
     print(f"{'DeNS off':10s}{rate['off']:22.1f}{rate_cpu['off']:18.1f}")
     print(f"{'DeNS on':10s}{rate['on']:22.1f}{rate_cpu['on']:18.1f}   (prob 0.25, corrupt_ratio 0.25)")
     print(f"{'overhead':10s}{overhead:+21.1f}%{overhead_cpu:+17.1f}%   (target <= 15%)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v
-                                                      for k, v in vars(args).items()},
-                                         "wall_s": wall, "cpu_s": cpu, "structures_per_s": rate,
-                                         "structures_per_cpu_s": rate_cpu, "overhead_percent": overhead,
-                                         "overhead_percent_cpu": overhead_cpu}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "structures_per_s": rate,
+                    "structures_per_cpu_s": rate_cpu,
+                    "overhead_percent": overhead,
+                    "overhead_percent_cpu": overhead_cpu,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

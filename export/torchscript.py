@@ -14,6 +14,7 @@ This module only writes exports. Reading them (and checkpoints) is the core's jo
 forcefield.model.deployed, which also defines FORMAT_VERSION and METADATA_KEYS; the
 loaders are re-exported here for existing imports.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,12 +43,22 @@ class DeployedModel(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, pos: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
-                shifts: torch.Tensor, n_local: int
-                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pos: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor, shifts: torch.Tensor, n_local: int
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-        out = self.model(pos, species, edge_index, shifts, batch, 1, n_local=n_local, compute_forces=True,
-                         compute_virial=True, create_graph=False)
+        out = self.model(
+            pos,
+            species,
+            edge_index,
+            shifts,
+            batch,
+            1,
+            n_local=n_local,
+            compute_forces=True,
+            compute_virial=True,
+            create_graph=False,
+        )
         w = out["virial"][0]
         virial = torch.stack([w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]])
         return out["energy"][0].detach(), out["node_energy"].detach(), out["forces"].detach(), virial.detach()
@@ -77,8 +88,7 @@ def metadata_of(model: nn.Module, dtype: str) -> dict:
     }
 
 
-def export_model(model: Union[nn.Module, str, Path], path: Union[str, Path],
-                 dtype: Optional[str] = None) -> Path:
+def export_model(model: Union[nn.Module, str, Path], path: Union[str, Path], dtype: Optional[str] = None) -> Path:
     """Script `model` (a ForceField or a checkpoint path) and write it atomically to `path`."""
     from e3nn.util.jit import script
 

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-from forcefield.model.forcefield import ForceField  # noqa: E402
 from forcefield.calculator import ForceFieldCalculator  # noqa: E402
+from forcefield.model.forcefield import ForceField  # noqa: E402
 
 __all__ = ["ForceField", "ForceFieldCalculator", "__version__"]

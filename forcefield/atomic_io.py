@@ -15,6 +15,7 @@ Temporary files are named ``.<name>.<random>.tmp``. Only a process killed outrig
 (``kill -9``, power loss) can leave one behind; such stale ``.*.tmp`` files are never read
 by anything here and may be deleted at will.
 """
+
 from __future__ import annotations
 
 import os

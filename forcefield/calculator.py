@@ -1,4 +1,5 @@
 """ASE calculator for a ForceField object, a training checkpoint or an exported TorchScript file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,9 @@ class _ExportedRunner:
 
     def __call__(self, pos, species, edge_index, shifts, want_virial: bool) -> Dict[str, torch.Tensor]:
         energy, node_energy, forces, v = self.module(pos, species, edge_index, shifts, pos.shape[0])
-        virial = torch.stack([torch.stack([v[0], v[3], v[4]]), torch.stack([v[3], v[1], v[5]]),
-                              torch.stack([v[4], v[5], v[2]])])
+        virial = torch.stack(
+            [torch.stack([v[0], v[3], v[4]]), torch.stack([v[3], v[1], v[5]]), torch.stack([v[4], v[5], v[2]])]
+        )
         return {"energy": energy, "node_energy": node_energy, "forces": forces, "virial": virial}
 
 

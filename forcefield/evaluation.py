@@ -1,4 +1,5 @@
 """Errors of a model (object, checkpoint or exported file) on a labelled structure file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,13 @@ def predict_frames(runner, frames):
     return out
 
 
-def evaluate(model: Union[torch.nn.Module, str, Path], data: Union[str, Path], energy_key: str = "energy",
-             forces_key: str = "forces", stress_key: str = "stress") -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
+def evaluate(
+    model: Union[torch.nn.Module, str, Path],
+    data: Union[str, Path],
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+) -> Tuple[Dict[str, float], Dict[str, np.ndarray]]:
     """Metrics (energies meV/atom, forces meV/Å, stress meV/Å^3: docs/design.md, section
     "Units and conventions") and the reference/predicted arrays for parity plots.
     Isolated-atom frames are left out.
@@ -43,8 +49,10 @@ def evaluate(model: Union[torch.nn.Module, str, Path], data: Union[str, Path], e
     has_f = [f.forces is not None for f in frames]
     has_s = [f.stress is not None and bool(np.all(f.pbc)) for f in frames]
     if not (any(has_e) or any(has_f) or any(has_s)):
-        raise InputError(f"{data}: no structure has an energy, forces or stress (keys '{energy_key}', "
-                         f"'{forces_key}', '{stress_key}'): nothing to score")
+        raise InputError(
+            f"{data}: no structure has an energy, forces or stress (keys '{energy_key}', "
+            f"'{forces_key}', '{stress_key}'): nothing to score"
+        )
     runner = make_runner(model)
     check_species(frames, runner.species, data)
     preds = predict_frames(runner, frames)
@@ -61,21 +69,24 @@ def evaluate(model: Union[torch.nn.Module, str, Path], data: Union[str, Path], e
             s_err.append(stress - f.stress)
     n_frames = len(frames)
     metrics: Dict[str, float] = {"n_structures": n_frames}
-    arrays = {"energy_ref": np.array(e_ref), "energy_pred": np.array(e_pred),
-              "forces_ref": np.concatenate(f_ref) if f_ref else np.zeros((0, 3)),
-              "forces_pred": np.concatenate(f_pred) if f_pred else np.zeros((0, 3))}
+    arrays = {
+        "energy_ref": np.array(e_ref),
+        "energy_pred": np.array(e_pred),
+        "forces_ref": np.concatenate(f_ref) if f_ref else np.zeros((0, 3)),
+        "forces_pred": np.concatenate(f_pred) if f_pred else np.zeros((0, 3)),
+    }
     if e_ref:
         d = arrays["energy_pred"] - arrays["energy_ref"]
         if len(e_ref) < n_frames:
             metrics["n_energy"] = len(e_ref)
         metrics["energy_mae"] = 1000 * float(np.mean(np.abs(d)))
-        metrics["energy_rmse"] = 1000 * float(np.sqrt(np.mean(d ** 2)))
+        metrics["energy_rmse"] = 1000 * float(np.sqrt(np.mean(d**2)))
     if f_ref:
         d = arrays["forces_pred"] - arrays["forces_ref"]
         if len(f_ref) < n_frames:
             metrics["n_forces"] = len(f_ref)
         metrics["forces_mae"] = 1000 * float(np.mean(np.abs(d)))
-        metrics["forces_rmse"] = 1000 * float(np.sqrt(np.mean(d ** 2)))
+        metrics["forces_rmse"] = 1000 * float(np.sqrt(np.mean(d**2)))
     if s_err:
         metrics["n_stress"] = len(s_err)
         metrics["stress_mae"] = 1000 * float(np.mean(np.abs(np.stack(s_err))))

@@ -1,5 +1,6 @@
 """Every plot of the package (PNG, matplotlib Agg backend, written atomically): the
 learning curve of a training run, parity plots of `evaluate`, the demo's dimer curves."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,8 +13,10 @@ from forcefield.atomic_io import atomic_path
 
 def _plt():
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -49,8 +52,9 @@ def parity_plot(energy_ref, energy_pred, forces_ref, forces_pred, path: Path, ti
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
     for ax, ref, pred, unit, name in (
-            (axes[0], energy_ref, energy_pred, "eV/atom", "energy"),
-            (axes[1], forces_ref, forces_pred, "eV/Å", "forces")):
+        (axes[0], energy_ref, energy_pred, "eV/atom", "energy"),
+        (axes[1], forces_ref, forces_pred, "eV/Å", "forces"),
+    ):
         ref, pred = np.ravel(ref), np.ravel(pred)
         if ref.size:
             lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
@@ -65,8 +69,7 @@ def parity_plot(energy_ref, energy_pred, forces_ref, forces_pred, path: Path, ti
     _save(fig, path)
 
 
-def dimer_plot(curves: Sequence[Tuple[str, np.ndarray, np.ndarray, np.ndarray]], r_max: float,
-               path: Path) -> None:
+def dimer_plot(curves: Sequence[Tuple[str, np.ndarray, np.ndarray, np.ndarray]], r_max: float, path: Path) -> None:
     """Dimer dissociation curves: per (label, distances, reference, model) one colour, the
     reference dashed and the model solid, energies relative to the isolated atoms (E0)."""
     plt = _plt()

@@ -7,6 +7,7 @@ normalised layers so much that forces come out ~1e-5 eV/Å), a
 nonzero random per-species shift, scale and E0, so that a zero-initialised readout (or a
 model that ignores geometry) cannot pass a test vacuously.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
@@ -35,6 +36,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
 R_MAX = 5.0
 
 
@@ -60,12 +63,28 @@ def randomize(model: ForceField, seed: int = 0, weight_std: float = 1.0) -> Forc
     return model
 
 
-def make_model(dtype: str = "float64", seed: int = 0, species: Sequence[str] = SPECIES,
-               channels: int = 8, lmax: int = 2, num_layers: int = 2, r_max: float = R_MAX,
-               switch: Optional[dict] = None, **extra) -> ForceField:
-    cfg = {"species": list(species), "r_max": r_max, "channels": channels, "lmax": lmax,
-           "num_layers": num_layers, "dtype": dtype, "num_basis": 8, "radial_hidden": 16,
-           "avg_num_neighbors": 8.0}
+def make_model(
+    dtype: str = "float64",
+    seed: int = 0,
+    species: Sequence[str] = SPECIES,
+    channels: int = 8,
+    lmax: int = 2,
+    num_layers: int = 2,
+    r_max: float = R_MAX,
+    switch: Optional[dict] = None,
+    **extra,
+) -> ForceField:
+    cfg = {
+        "species": list(species),
+        "r_max": r_max,
+        "channels": channels,
+        "lmax": lmax,
+        "num_layers": num_layers,
+        "dtype": dtype,
+        "num_basis": 8,
+        "radial_hidden": 16,
+        "avg_num_neighbors": 8.0,
+    }
     if switch is not None:
         cfg["switch"] = switch
     cfg.update(extra)
@@ -86,8 +105,16 @@ def evaluate(model: ForceField, atoms_list, virial: bool = False) -> Dict[str, n
         atoms_list = [atoms_list]
     graphs = [atoms_to_graph(a, model.species, model.r_max) for a in atoms_list]
     b = collate(graphs, dtype=model.dtype)
-    out = model(b["pos"], b["species"], b["edge_index"], b["shifts"], b["batch"], len(graphs),
-                compute_forces=True, compute_virial=virial)
+    out = model(
+        b["pos"],
+        b["species"],
+        b["edge_index"],
+        b["shifts"],
+        b["batch"],
+        len(graphs),
+        compute_forces=True,
+        compute_virial=virial,
+    )
     res = {k: out[k].detach().double().numpy() for k in ("energy", "forces", "node_energy", "switch")}
     if virial:
         vol = np.array([a.get_volume() if a.pbc.all() else np.nan for a in atoms_list])
@@ -100,13 +127,15 @@ def energy_of(model: ForceField, atoms: Atoms) -> float:
 
 
 # ---------------------------------------------------------------- structures
-def random_positions(n: int, box: np.ndarray, rng: np.random.Generator, min_dist: float,
-                     periodic: bool) -> np.ndarray:
+def random_positions(n: int, box: np.ndarray, rng: np.random.Generator, min_dist: float, periodic: bool) -> np.ndarray:
     """Random points in the cell `box` (rows = cell vectors) at least `min_dist` apart
     (minimum image over the 27 neighbouring cells when periodic)."""
     inv = np.linalg.inv(box)
-    images = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]) @ box \
-        if periodic else np.zeros((1, 3))
+    images = (
+        np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)]) @ box
+        if periodic
+        else np.zeros((1, 3))
+    )
     pts = []
     while len(pts) < n:
         x = rng.random(3) @ box

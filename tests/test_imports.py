@@ -9,6 +9,7 @@ every import of a forcefield module, at module level or inside a function, is an
     (nor the application modules calculator and evaluation), forcefield.model nothing from
     training, cli, demo (nor calculator, evaluation).
 """
+
 from __future__ import annotations
 
 import ast
@@ -27,10 +28,21 @@ MAY_IMPORT_EXPORT = ("forcefield.cli", "forcefield.demo", EXPORT)
 # edit): exempt from the layer rule, but they may import nothing except their new home
 ALIASES = {"forcefield.data.demo_data": "forcefield.demo.data"}  # tests/test_lammps_model.py
 FORBIDDEN = {
-    "forcefield.data": ("forcefield.model", "forcefield.training", "forcefield.cli", "forcefield.demo",
-                        "forcefield.calculator", "forcefield.evaluation"),
-    "forcefield.model": ("forcefield.training", "forcefield.cli", "forcefield.demo",
-                         "forcefield.calculator", "forcefield.evaluation"),
+    "forcefield.data": (
+        "forcefield.model",
+        "forcefield.training",
+        "forcefield.cli",
+        "forcefield.demo",
+        "forcefield.calculator",
+        "forcefield.evaluation",
+    ),
+    "forcefield.model": (
+        "forcefield.training",
+        "forcefield.cli",
+        "forcefield.demo",
+        "forcefield.calculator",
+        "forcefield.evaluation",
+    ),
 }
 
 
@@ -62,7 +74,7 @@ def _resolve(module: str, node: ast.ImportFrom) -> Optional[str]:
     is_package = modules()[module].name == "__init__.py"
     parts = module.split(".")
     base = parts if is_package else parts[:-1]
-    base = base[:len(base) - (node.level - 1)]
+    base = base[: len(base) - (node.level - 1)]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -94,8 +106,10 @@ def imports_of(module: str) -> Dict[str, int]:
             if base is None:
                 continue
             # `from forcefield.data import frames` imports the submodule forcefield.data.frames
-            names = [f"{base}.{alias.name}" if _canonical(f"{base}.{alias.name}") in modules() else base
-                     for alias in node.names]
+            names = [
+                f"{base}.{alias.name}" if _canonical(f"{base}.{alias.name}") in modules() else base
+                for alias in node.names
+            ]
         for name in names:
             target = _target(name)
             if target is not None and target != module:
@@ -117,7 +131,7 @@ def find_cycle(edges: Dict[str, Set[str]]) -> Optional[List[str]]:
         path.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -140,12 +154,22 @@ def _where(module: str, target: str) -> str:
 
 # ----------------------------------------------------------------- the walk itself
 
+
 def test_walk_finds_every_layer():
     names = set(modules())
-    for expected in ("forcefield.data.frames", "forcefield.data.graph", "forcefield.model.forcefield",
-                     "forcefield.model.deployed", "forcefield.training.trainer", "forcefield.training.dens",
-                     "forcefield.cli.app", "forcefield.demo.run", "forcefield.export.torchscript",
-                     "forcefield.export.plugin", "forcefield.calculator"):
+    for expected in (
+        "forcefield.data.frames",
+        "forcefield.data.graph",
+        "forcefield.model.forcefield",
+        "forcefield.model.deployed",
+        "forcefield.training.trainer",
+        "forcefield.training.dens",
+        "forcefield.cli.app",
+        "forcefield.demo.run",
+        "forcefield.export.torchscript",
+        "forcefield.export.plugin",
+        "forcefield.calculator",
+    ):
         assert expected in names, expected
     # the parser sees function-level imports too (the CLI imports the export package lazily)
     assert "forcefield.export.torchscript" in imports_of("forcefield.cli.app")
@@ -158,9 +182,15 @@ def test_cycle_finder_reports_a_cycle():
 
 # ----------------------------------------------------------------- (a) (b) (c)
 
+
 def test_core_never_imports_export():
-    bad = [_where(m, t) for m in modules() if not any(_within(m, p) for p in MAY_IMPORT_EXPORT)
-           for t in imports_of(m) if _within(t, EXPORT)]
+    bad = [
+        _where(m, t)
+        for m in modules()
+        if not any(_within(m, p) for p in MAY_IMPORT_EXPORT)
+        for t in imports_of(m)
+        if _within(t, EXPORT)
+    ]
     assert not bad, "the core imports the export package:\n" + "\n".join(bad)
 
 

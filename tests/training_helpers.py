@@ -1,5 +1,6 @@
 """Shared helpers of tests/test_training_*.py and tests/test_cli.py: slices of the real
 ethanol data (revised MD17) and configs of tiny models that train in seconds."""
+
 from __future__ import annotations
 
 import copy
@@ -7,14 +8,23 @@ from pathlib import Path
 from typing import List, Optional
 
 import ase.io
+from paths import DATASETS
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = DATASETS
 ETHANOL = DATA / "ethanol" / "train.xyz"
 ETHANOL_E0 = DATA / "ethanol" / "isolated_atoms.xyz"
 SPECIES = ["H", "C", "O"]
 
-TINY_MODEL = {"species": SPECIES, "r_max": 5.0, "num_layers": 2, "channels": 4, "lmax": 1,
-              "num_basis": 8, "radial_hidden": 8, "dtype": "float64"}
+TINY_MODEL = {
+    "species": SPECIES,
+    "r_max": 5.0,
+    "num_layers": 2,
+    "channels": 4,
+    "lmax": 1,
+    "num_basis": 8,
+    "radial_hidden": 8,
+    "dtype": "float64",
+}
 
 
 def ethanol_atoms(n: int = 20, start: int = 0) -> list:
@@ -46,8 +56,7 @@ def tiny_config(train: Path, **sections) -> dict:
         "model": dict(TINY_MODEL),
         # the paper's regime (every DeNS loss term on), so the tests exercise all of them
         "dens": {"enabled": True, "prob": 0.5, "energy_loss": True, "uncorrupted_force_loss": True},
-        "training": {"max_epochs": 2, "batch_size": 4, "lr": 0.01, "seed": 0, "device": "cpu",
-                     "num_threads": 1},
+        "training": {"max_epochs": 2, "batch_size": 4, "lr": 0.01, "seed": 0, "device": "cpu", "num_threads": 1},
     }
     return merge(base, sections)
 
@@ -56,5 +65,6 @@ def ethanol_graphs(n: int = 6, r_max: float = TINY_MODEL["r_max"]) -> List:
     """Training graphs (with labels) of the first n ethanol structures."""
     from forcefield.data.frames import read_frames
     from forcefield.data.graph import frame_to_graph
+
     frames = read_frames(ETHANOL, index=f":{n}")
     return [frame_to_graph(f, SPECIES, r_max) for f in frames]

@@ -3,6 +3,7 @@
 User errors (InputError, bad config, missing files) print one line to stderr and exit 2,
 without a traceback.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,31 +33,35 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """forcefield command line."""
 
 
 def user_errors(fn):
     """Turn user-input errors into one line on stderr and exit code 2."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from forcefield.errors import InputError
         from forcefield.export.plugin import PluginBuildError
+
         try:
             return fn(*args, **kwargs)
         except (InputError, ValueError, FileNotFoundError, PluginBuildError) as exc:
             msg = " ".join(str(exc).split())
             typer.echo(f"error: {msg}", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except OSError as exc:  # permissions, a full disk, ...: the file and the reason
             where = f"{exc.filename}: " if exc.filename else ""
             typer.echo("error: " + " ".join(f"{where}{exc.strerror or exc}".split()), err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
+
     return wrapper
 
 
@@ -68,6 +73,7 @@ def _expand(path: Optional[Path]) -> Optional[Path]:
 def _check_parents(path: Path, option: str) -> None:
     """The nearest existing ancestor of `path` must be a folder."""
     from forcefield.errors import InputError
+
     for p in path.parents:
         if p.exists():
             if not p.is_dir():
@@ -81,6 +87,7 @@ def _output_file(path: Optional[Path], option: str) -> Optional[Path]:
     if path is not None:
         if path.is_dir():
             from forcefield.errors import InputError
+
             raise InputError(f"{option} {path}: is a directory, expected a file name")
         _check_parents(path, option)
     return path
@@ -91,6 +98,7 @@ def _output_dir(path: Path, option: str) -> Path:
     path = _expand(path)
     if path.exists() and not path.is_dir():
         from forcefield.errors import InputError
+
         raise InputError(f"{option} {path}: is a file, expected a folder")
     _check_parents(path, option)
     return path
@@ -98,6 +106,7 @@ def _output_dir(path: Path, option: str) -> Path:
 
 def _quiet_warnings() -> None:
     import warnings
+
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch.jit")
 
@@ -106,6 +115,7 @@ def _quiet_warnings() -> None:
 def template() -> None:
     """Print a complete, commented default YAML config."""
     from forcefield.training.config import TEMPLATE
+
     typer.echo(TEMPLATE, nl=False)
 
 
@@ -122,17 +132,22 @@ def train(
     _quiet_warnings()
     from forcefield.training.config import load_config
     from forcefield.training.trainer import train as run_training
+
     output = _output_dir(output, "--output")
     cfg = load_config(_expand(config))
     trainer = run_training(cfg, output, resume=resume, overwrite=overwrite)
     row = trainer.rows[-1] if trainer.rows else {}
-    typer.echo(f"trained {trainer.epoch} epochs; valid energy MAE {row.get('valid_energy_mae', float('nan')):.3f} "
-               f"meV/atom, forces MAE {row.get('valid_forces_mae', float('nan')):.2f} meV/Å")
+    typer.echo(
+        f"trained {trainer.epoch} epochs; valid energy MAE {row.get('valid_energy_mae', float('nan')):.3f} "
+        f"meV/atom, forces MAE {row.get('valid_forces_mae', float('nan')):.2f} meV/Å"
+    )
     if trainer.test_metrics:
         t = trainer.test_metrics
-        typer.echo(f"test ({t['n_structures']} structures): energy MAE {t.get('energy_mae', float('nan')):.3f} "
-                   f"meV/atom, forces MAE {t.get('forces_mae', float('nan')):.2f} meV/Å "
-                   f"-> {Path(output) / 'test_metrics.json'}")
+        typer.echo(
+            f"test ({t['n_structures']} structures): energy MAE {t.get('energy_mae', float('nan')):.3f} "
+            f"meV/atom, forces MAE {t.get('forces_mae', float('nan')):.2f} meV/Å "
+            f"-> {Path(output) / 'test_metrics.json'}"
+        )
     typer.echo(str((Path(output) / "best.ckpt").resolve()))
 
 
@@ -152,6 +167,7 @@ def evaluate(
     from forcefield.atomic_io import write_text
     from forcefield.evaluation import evaluate as run_eval
     from forcefield.evaluation import label_counts
+
     json_out, plot = _output_file(json_out, "--json"), _output_file(plot, "--plot")
     model, data = _expand(model), _expand(data)
     metrics, arrays = run_eval(model, data, energy_key, forces_key, stress_key)
@@ -168,8 +184,15 @@ def evaluate(
         write_text(json.dumps(metrics, indent=2) + "\n", json_out)
     if plot:
         from forcefield.plots import parity_plot
-        parity_plot(arrays["energy_ref"], arrays["energy_pred"], arrays["forces_ref"], arrays["forces_pred"],
-                    plot, title=f"{Path(model).name} on {Path(data).name}")
+
+        parity_plot(
+            arrays["energy_ref"],
+            arrays["energy_pred"],
+            arrays["forces_ref"],
+            arrays["forces_pred"],
+            plot,
+            title=f"{Path(model).name} on {Path(data).name}",
+        )
 
 
 @app.command()
@@ -182,6 +205,7 @@ def export(
     """Export a checkpoint to TorchScript for LAMMPS and Python (DeNS parts dropped)."""
     _quiet_warnings()
     from forcefield.export.torchscript import export_model
+
     output = _output_file(output, "--output")
     path = export_model(_expand(checkpoint), output, dtype)
     typer.echo(str(Path(path).resolve()))
@@ -195,6 +219,7 @@ def lammps_plugin(
 ) -> None:
     """Build (or reuse) the LAMMPS plugin; prints the path of forcefieldplugin.so last."""
     from forcefield.export.plugin import build_plugin
+
     path = build_plugin(None if output is None else _output_dir(output, "--output"), force=force)
     typer.echo(str(Path(path).resolve()))
 
@@ -209,6 +234,7 @@ def demo(
     """The main job on built-in data: generate, train (DeNS + switch), evaluate, export, LAMMPS MD."""
     _quiet_warnings()
     from forcefield.demo import run_demo
+
     run_demo(_output_dir(output, "--output"), quick=quick, train_time=train_time)
 
 

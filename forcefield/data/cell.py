@@ -1,4 +1,5 @@
 """The one check of a periodic cell, made before any neighbour list is built."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -52,6 +53,8 @@ def check_cell(cell, pbc, where: str = "structure", r_max: Optional[float] = Non
         images = float(np.prod(2 * np.ceil(r_max / np.maximum(heights, 1e-300)) + 1))
         if images > MAX_PERIODIC_IMAGES:
             k = int(np.argmin(heights))
-            raise InputError(f"{where}: the cell is only {heights[k]:.3g} Å thick along periodic cell "
-                             f"vector {int(axes[k])}, far below the cutoff r_max = {r_max} Å "
-                             f"(about {images:.3g} periodic images)")
+            raise InputError(
+                f"{where}: the cell is only {heights[k]:.3g} Å thick along periodic cell "
+                f"vector {int(axes[k])}, far below the cutoff r_max = {r_max} Å "
+                f"(about {images:.3g} periodic images)"
+            )

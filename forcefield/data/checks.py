@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from forcefield.data.frames import Frame, PathLike, split_source, is_isolated_atom
+from forcefield.data.frames import Frame, PathLike, is_isolated_atom, split_source
 from forcefield.errors import InputError
 
 __all__ = ["check_labels", "check_species"]
@@ -50,19 +50,13 @@ def check_labels(
     for pos, frame in enumerate(frames):
         idx = _frame_index(frame, pos)
         if need_energy and frame.energy is None:
-            raise InputError(
-                f"{where}: frame {idx} has no energy (key '{energy_key}') but energy_weight > 0"
-            )
+            raise InputError(f"{where}: frame {idx} has no energy (key '{energy_key}') but energy_weight > 0")
         if is_isolated_atom(frame):
             continue
         if need_forces and frame.forces is None:
-            raise InputError(
-                f"{where}: frame {idx} has no forces (key '{forces_key}') but forces_weight > 0"
-            )
+            raise InputError(f"{where}: frame {idx} has no forces (key '{forces_key}') but forces_weight > 0")
         if need_stress and frame.stress is None and bool(np.all(frame.pbc)):
-            raise InputError(
-                f"{where}: frame {idx} has no stress (key '{stress_key}') but stress_weight > 0"
-            )
+            raise InputError(f"{where}: frame {idx} has no stress (key '{stress_key}') but stress_weight > 0")
 
 
 def check_species(frames: Sequence[Frame], species: Sequence[str], path: Optional[PathLike] = None) -> None:

@@ -127,10 +127,7 @@ class Frame:
             raise InputError(f"{where}: positions have shape {positions.shape}; expected ({n}, 3)")
         bad = np.nonzero(~np.isfinite(positions).all(axis=1))[0]
         if bad.size:
-            raise InputError(
-                f"{where}: atom {int(bad[0])} has a non-finite position "
-                f"{positions[bad[0]].tolist()}"
-            )
+            raise InputError(f"{where}: atom {int(bad[0])} has a non-finite position {positions[bad[0]].tolist()}")
         self.positions = positions
         invalid = (self.numbers < 1) | (self.numbers > 118)
         if invalid.any():
@@ -161,9 +158,7 @@ class Frame:
         if self.forces is not None:
             f = np.asarray(self.forces, dtype=np.float64)
             if f.shape != (n, 3):
-                raise InputError(
-                    f"{where}: forces have shape {f.shape}; expected ({n}, 3) for {n} atoms"
-                )
+                raise InputError(f"{where}: forces have shape {f.shape}; expected ({n}, 3) for {n} atoms")
             bad = np.nonzero(~np.isfinite(f).all(axis=1))[0]
             if bad.size:
                 raise InputError(f"{where}: atom {int(bad[0])} has a non-finite force")
@@ -246,13 +241,9 @@ class Frame:
             try:
                 energy = np.asarray(energy, dtype=np.float64)
             except (TypeError, ValueError):
-                raise InputError(
-                    f"{where}: energy (key '{energy_key}') is not a number: {energy!r}"
-                ) from None
+                raise InputError(f"{where}: energy (key '{energy_key}') is not a number: {energy!r}") from None
             if energy.size != 1:
-                raise InputError(
-                    f"{where}: energy (key '{energy_key}') has {energy.size} values; expected one"
-                )
+                raise InputError(f"{where}: energy (key '{energy_key}') has {energy.size} values; expected one")
             energy = float(energy.reshape(-1)[0])
             if not np.isfinite(energy):
                 raise InputError(f"{where}: energy (key '{energy_key}') is not finite ({energy})")
@@ -266,8 +257,7 @@ class Frame:
                 raise InputError(f"{where}: forces (key '{forces_key}') are not numeric") from None
             if forces.shape != (len(atoms), 3):
                 raise InputError(
-                    f"{where}: forces (key '{forces_key}') have shape {forces.shape}; "
-                    f"expected ({len(atoms)}, 3)"
+                    f"{where}: forces (key '{forces_key}') have shape {forces.shape}; expected ({len(atoms)}, 3)"
                 )
         stress = lookup(atoms.info, stress_key)
         if stress is not None:
@@ -348,9 +338,7 @@ def read_frames(
         raise
     except Exception as exc:  # ase raises many kinds; report its reason in one line
         reason = str(exc).strip() or "no details"
-        raise InputError(
-            f"{path_str}: cannot read structures ({type(exc).__name__}: {reason})"
-        ) from None
+        raise InputError(f"{path_str}: cannot read structures ({type(exc).__name__}: {reason})") from None
     if not isinstance(images, list):
         images = [images]
     if not images:

@@ -5,6 +5,7 @@ Edges are directed pairs (i, j), i the centre, with r_ij = x_j - x_i + S_ij @ ce
 twice the cutoff and triclinic cells give every periodic image); a structure without a
 cell or periodicity is treated as a molecule.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,15 +24,16 @@ from forcefield.errors import InputError
 @dataclass
 class Graph:
     """One structure as arrays (numpy, float64); labels optional."""
-    species: np.ndarray          # (N,) index into the model's species
-    positions: np.ndarray        # (N,3)
-    cell: np.ndarray             # (3,3)
-    pbc: np.ndarray              # (3,) bool
-    edge_index: np.ndarray       # (2,E) int64
-    shifts: np.ndarray           # (E,3) Cartesian shift vectors
+
+    species: np.ndarray  # (N,) index into the model's species
+    positions: np.ndarray  # (N,3)
+    cell: np.ndarray  # (3,3)
+    pbc: np.ndarray  # (3,) bool
+    edge_index: np.ndarray  # (2,E) int64
+    shifts: np.ndarray  # (E,3) Cartesian shift vectors
     energy: Optional[float] = None
     forces: Optional[np.ndarray] = None
-    stress: Optional[np.ndarray] = None   # (3,3) eV/Å^3, ASE convention
+    stress: Optional[np.ndarray] = None  # (3,3) eV/Å^3, ASE convention
 
     @property
     def num_atoms(self) -> int:
@@ -42,11 +44,16 @@ class Graph:
         return float(abs(np.linalg.det(self.cell))) if self.pbc.all() else 0.0
 
 
-MIN_DISTANCE = 0.1       # Å: two atoms closer than this are the same atom twice
+MIN_DISTANCE = 0.1  # Å: two atoms closer than this are the same atom twice
 
 
-def check_distances(positions: np.ndarray, edge_index: np.ndarray, shifts: np.ndarray,
-                    where: str = "structure", min_distance: float = MIN_DISTANCE) -> None:
+def check_distances(
+    positions: np.ndarray,
+    edge_index: np.ndarray,
+    shifts: np.ndarray,
+    where: str = "structure",
+    min_distance: float = MIN_DISTANCE,
+) -> None:
     """InputError naming the two atoms of the first edge shorter than `min_distance` Å."""
     if edge_index.shape[1] == 0:
         return
@@ -58,10 +65,12 @@ def check_distances(positions: np.ndarray, edge_index: np.ndarray, shifts: np.nd
     e = close[np.argmin(length[close])]
     i, j = sorted((int(edge_index[0, e]), int(edge_index[1, e])))
     if i == j:
-        raise InputError(f"{where}: atom {i} is {length[e]:.3g} Å from its own periodic image "
-                         f"(closer than {min_distance} Å)")
-    raise InputError(f"{where}: atoms {i} and {j} are {length[e]:.3g} Å apart (closer than "
-                     f"{min_distance} Å: the same atom twice?)")
+        raise InputError(
+            f"{where}: atom {i} is {length[e]:.3g} Å from its own periodic image (closer than {min_distance} Å)"
+        )
+    raise InputError(
+        f"{where}: atoms {i} and {j} are {length[e]:.3g} Å apart (closer than {min_distance} Å: the same atom twice?)"
+    )
 
 
 def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float):
@@ -74,8 +83,9 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_m
         cell = np.zeros((3, 3))
     cell = np.ascontiguousarray(cell, dtype=np.float64)
     nl = NeighborList(cutoff=float(r_max), full_list=True)
-    i, j, s, d = nl.compute(points=positions, box=cell, periodic=pbc.tolist() if pbc.any() else False,
-                            quantities="ijSd")
+    i, j, s, d = nl.compute(
+        points=positions, box=cell, periodic=pbc.tolist() if pbc.any() else False, quantities="ijSd"
+    )
     keep = d < r_max
     i, j, s = i[keep], j[keep], s[keep]
     edge_index = np.stack([i, j]).astype(np.int64)
@@ -99,7 +109,7 @@ def recentred_positions(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray
         return pos
     if pbc.any():
         vectors = np.asarray(cell, dtype=np.float64).reshape(3, 3)[pbc]
-        frac = pos @ np.linalg.pinv(vectors)      # coordinates along the periodic vectors
+        frac = pos @ np.linalg.pinv(vectors)  # coordinates along the periodic vectors
         pos = pos - np.floor(frac) @ vectors
     return pos - 0.5 * (pos.min(axis=0) + pos.max(axis=0))
 
@@ -110,21 +120,39 @@ def species_indices(numbers: Sequence[int], species: Sequence[str], where: str =
     for a, z in enumerate(numbers):
         sym = chemical_symbols[int(z)]
         if sym not in table:
-            raise InputError(f"{where}: atom {a} is element '{sym}', which is not in the model's species {list(species)}")
+            raise InputError(
+                f"{where}: atom {a} is element '{sym}', which is not in the model's species {list(species)}"
+            )
         out[a] = table[sym]
     return out
 
 
-def atoms_to_graph(atoms, species: Sequence[str], r_max: float, where: str = "structure") -> Graph:
+def atoms_to_graph(
+    atoms, species: Sequence[str], r_max: float, where: str = "structure", min_distance: Optional[float] = MIN_DISTANCE
+) -> Graph:
     """Graph of an ase.Atoms (no labels)."""
-    return build_graph(atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, species, r_max, where)
+    return build_graph(
+        atoms.numbers, atoms.positions, atoms.cell.array, atoms.pbc, species, r_max, where, min_distance=min_distance
+    )
 
 
-def build_graph(numbers, positions, cell, pbc, species: Sequence[str], r_max: float,
-                where: str = "structure", energy=None, forces=None, stress=None) -> Graph:
+def build_graph(
+    numbers,
+    positions,
+    cell,
+    pbc,
+    species: Sequence[str],
+    r_max: float,
+    where: str = "structure",
+    energy=None,
+    forces=None,
+    stress=None,
+    min_distance: Optional[float] = MIN_DISTANCE,
+) -> Graph:
     """Validated graph: InputError (naming `where` and the atom) for a non-finite position,
     a degenerate cell (`check_cell`), an element not in `species` or two atoms closer than
-    MIN_DISTANCE (`check_distances`)."""
+    `min_distance` (`check_distances`; None skips that check: the model itself stays finite
+    for coincident atoms, which tests of its numerics need)."""
     positions = np.asarray(positions, dtype=np.float64)
     bad = ~np.isfinite(positions).all(axis=1)
     if bad.any():
@@ -134,21 +162,40 @@ def build_graph(numbers, positions, cell, pbc, species: Sequence[str], r_max: fl
     check_cell(cell, pbc, where, r_max)
     idx = species_indices(numbers, species, where)
     edge_index, shifts = neighbour_list(positions, cell, pbc, r_max)
-    check_distances(positions, edge_index, shifts, where)
-    return Graph(idx, positions, cell, pbc, edge_index, shifts, energy,
-                 None if forces is None else np.asarray(forces, dtype=np.float64),
-                 None if stress is None else np.asarray(stress, dtype=np.float64).reshape(3, 3))
+    if min_distance is not None:
+        check_distances(positions, edge_index, shifts, where, min_distance)
+    return Graph(
+        idx,
+        positions,
+        cell,
+        pbc,
+        edge_index,
+        shifts,
+        energy,
+        None if forces is None else np.asarray(forces, dtype=np.float64),
+        None if stress is None else np.asarray(stress, dtype=np.float64).reshape(3, 3),
+    )
 
 
 def frame_to_graph(frame: Frame, species: Sequence[str], r_max: float) -> Graph:
     """Validated, labelled graph of a frame (errors name the frame's file and index)."""
-    return build_graph(frame.numbers, frame.positions, frame.cell, frame.pbc, species, r_max,
-                       where=frame_location(frame), energy=frame.energy, forces=frame.forces,
-                       stress=frame.stress)
+    return build_graph(
+        frame.numbers,
+        frame.positions,
+        frame.cell,
+        frame.pbc,
+        species,
+        r_max,
+        where=frame_location(frame),
+        energy=frame.energy,
+        forces=frame.forces,
+        stress=frame.stress,
+    )
 
 
-def collate(graphs: List[Graph], dtype: torch.dtype = torch.float64,
-            device: torch.device | str = "cpu") -> Dict[str, torch.Tensor]:
+def collate(
+    graphs: List[Graph], dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+) -> Dict[str, torch.Tensor]:
     """Concatenate graphs into one batch (edge indices offset, `batch` maps atom -> graph)."""
     offsets = np.cumsum([0] + [g.num_atoms for g in graphs])
     n_graphs = len(graphs)

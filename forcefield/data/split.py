@@ -12,8 +12,7 @@ from forcefield.errors import InputError
 __all__ = ["extract_e0", "train_valid_split"]
 
 
-def extract_e0(frames: Sequence, atol: float = 1e-6,
-               energy_key: str = "energy") -> tuple[list, dict[str, float]]:
+def extract_e0(frames: Sequence, atol: float = 1e-6, energy_key: str = "energy") -> tuple[list, dict[str, float]]:
     """Split isolated-atom frames off ``frames``.
 
     Returns ``(remaining_frames, e0)`` where ``e0`` maps element symbol to the energy of
@@ -38,9 +37,7 @@ def extract_e0(frames: Sequence, atol: float = 1e-6,
                 f"but the structure has {len(frame.numbers)} atoms"
             )
         if frame.energy is None:
-            raise InputError(
-                f"{where}: isolated atom has no energy (key '{energy_key}'), so its E0 is unknown"
-            )
+            raise InputError(f"{where}: isolated atom has no energy (key '{energy_key}'), so its E0 is unknown")
         symbol = chemical_symbols[int(frame.numbers[0])]
         energy = float(frame.energy)
         if symbol in e0:

@@ -125,9 +125,7 @@ def _adatom_frames(n: int, elements, rng) -> list[Frame]:
         target = rng.uniform(2.1, 3.4)
         top = slab.positions[:, 2].max()
         heights = np.arange(0.3, 4.0, 0.01)
-        probes = np.column_stack(
-            [np.full_like(heights, xy[0]), np.full_like(heights, xy[1]), top + heights]
-        )
+        probes = np.column_stack([np.full_like(heights, xy[0]), np.full_like(heights, xy[1]), top + heights])
         _, dist = get_distances(probes, slab.positions, cell=slab.cell, pbc=slab.pbc)
         nearest = dist.min(axis=1)
         height = float(heights[np.argmax(nearest >= target)])

@@ -12,8 +12,19 @@ import numpy as np
 from forcefield.data.frames import Frame
 from forcefield.errors import InputError
 
-__all__ = ["LATTICE_CONSTANTS", "isolated_atom_energy", "dimer_curve", "check_elements", "emt_frame",
-           "random_composition", "vegard", "random_strain", "apply_strain", "md_snapshots", "bulk_cell"]
+__all__ = [
+    "LATTICE_CONSTANTS",
+    "isolated_atom_energy",
+    "dimer_curve",
+    "check_elements",
+    "emt_frame",
+    "random_composition",
+    "vegard",
+    "random_strain",
+    "apply_strain",
+    "md_snapshots",
+    "bulk_cell",
+]
 
 #: FCC lattice constants (Å) close to EMT's equilibrium, for the metals ASE's EMT supports
 LATTICE_CONSTANTS = {

@@ -4,6 +4,7 @@ generate EMT Cu-Au data -> train (DeNS + isolation switch, bounded time) -> eval
 held-out structures -> export (float64 TorchScript) -> build the LAMMPS plugin -> NVE MD of
 a Cu-Au slab whose top atoms are launched into the vacuum -> report (report.json + table).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,25 +36,36 @@ class DemoSettings:
 
 def _say(msg: str) -> None:
     from rich.console import Console
+
     Console(stderr=True).print(msg)
 
 
 def demo_config(data: Dict[str, Path], s: DemoSettings) -> dict:
     return {
-        "data": {"train": str(data["train"]), "valid": 0.1, "test": str(data["test"]),
-                 "isolated_atoms": str(data["isolated_atoms"])},
-        "model": {"species": ["Cu", "Au"], "r_max": 6.0, "num_layers": 2, "channels": s.channels,
-                  "lmax": s.lmax, "dtype": "float32"},
+        "data": {
+            "train": str(data["train"]),
+            "valid": 0.1,
+            "test": str(data["test"]),
+            "isolated_atoms": str(data["isolated_atoms"]),
+        },
+        "model": {
+            "species": ["Cu", "Au"],
+            "r_max": 6.0,
+            "num_layers": 2,
+            "channels": s.channels,
+            "lmax": s.lmax,
+            "dtype": "float32",
+        },
         "dens": {"enabled": True},
         # the default recipe (warm-up, plateau in steps, final energy stage at 80% of max_time)
-        "training": {"max_epochs": 10000, "max_time": s.train_time, "batch_size": 4, "seed": 0,
-                     "device": "cpu"},
+        "training": {"max_epochs": 10000, "max_time": s.train_time, "batch_size": 4, "seed": 0, "device": "cpu"},
     }
 
 
 def slab_with_evaporators(size=(4, 4, 4), seed: int = 0):
     """A Cu(111) slab with a few Au atoms, 12 Å vacuum, and the indices of 3 top atoms."""
     from ase.build import fcc111
+
     rng = np.random.default_rng(seed)
     slab = fcc111("Cu", size=size, a=3.61, vacuum=12.0, orthogonal=True)
     au = rng.choice(len(slab), size=max(1, len(slab) // 8), replace=False)
@@ -64,7 +76,8 @@ def slab_with_evaporators(size=(4, 4, 4), seed: int = 0):
 
 def md_deck(model: Path, steps: int, evaporators, timestep_fs: float = 1.0, seed: int = 7) -> str:
     ids = " ".join(str(int(i) + 1) for i in evaporators)
-    return f"""# NVE of a Cu-Au slab (r_max 6 Å: EMT dimers are still bound by 80 meV at 5 Å); three top atoms are launched into the vacuum
+    return f"""# NVE of a Cu-Au slab (r_max 6 Å: EMT dimers are still bound by 80 meV at 5 Å);
+# three top atoms are launched into the vacuum
 units metal
 atom_style atomic
 atom_modify map array
@@ -138,9 +151,17 @@ def run_demo(output: Path | str = "demo_output", quick: bool = False, train_time
 
     _say("[bold]1/6[/bold] generating Cu-Au training data with ASE's EMT")
     scale = s.n_structures_scale
-    data = generate_demo_dataset(out / "data", seed=0, n_bulk=int(70 * scale), n_vacancy=int(15 * scale),
-                                 n_surface=int(30 * scale), n_adatom=int(20 * scale),
-                                 n_cluster=int(30 * scale), n_dimer=int(36 * scale), n_test=int(40 * scale))
+    data = generate_demo_dataset(
+        out / "data",
+        seed=0,
+        n_bulk=int(70 * scale),
+        n_vacancy=int(15 * scale),
+        n_surface=int(30 * scale),
+        n_adatom=int(20 * scale),
+        n_cluster=int(30 * scale),
+        n_dimer=int(36 * scale),
+        n_test=int(40 * scale),
+    )
 
     _say(f"[bold]2/6[/bold] training with DeNS and the isolation switch for {s.train_time:.0f} s")
     cfg = load_config(demo_config(data, s))
@@ -150,8 +171,14 @@ def run_demo(output: Path | str = "demo_output", quick: bool = False, train_time
     _say("[bold]3/6[/bold] evaluating on the held-out structures")
     metrics, arrays = evaluate(run_dir / "best.ckpt", data["test"])
     write_text(json.dumps(metrics, indent=2) + "\n", out / "test_metrics.json")
-    parity_plot(arrays["energy_ref"], arrays["energy_pred"], arrays["forces_ref"], arrays["forces_pred"],
-                out / "parity.png", title="demo model on held-out EMT structures")
+    parity_plot(
+        arrays["energy_ref"],
+        arrays["energy_pred"],
+        arrays["forces_ref"],
+        arrays["forces_pred"],
+        out / "parity.png",
+        title="demo model on held-out EMT structures",
+    )
 
     _say("[bold]4/6[/bold] exporting to TorchScript (float64) and building the LAMMPS plugin")
     model_path = export_model(run_dir / "best.ckpt", out / "model.pt", dtype="float64")
@@ -162,8 +189,15 @@ def run_demo(output: Path | str = "demo_output", quick: bool = False, train_time
     slab, top = slab_with_evaporators(s.slab_size)
     md_dir = out / "lammps"
     md_dir.mkdir(exist_ok=True)
-    ase.io.write(md_dir / "slab.data", slab, format="lammps-data", specorder=["Cu", "Au"], masses=True,
-                 units="metal", atom_style="atomic")
+    ase.io.write(
+        md_dir / "slab.data",
+        slab,
+        format="lammps-data",
+        specorder=["Cu", "Au"],
+        masses=True,
+        units="metal",
+        atom_style="atomic",
+    )
     slab.calc = ForceFieldCalculator(model_path)
     e_python = float(slab.get_potential_energy())
     run_lammps(md_deck(model_path, s.md_steps, top), md_dir, plugin=plugin)
@@ -174,17 +208,32 @@ def run_demo(output: Path | str = "demo_output", quick: bool = False, train_time
 
     report = {
         "test": metrics,
-        "training": {"epochs": trainer.epoch, "seconds": round(trainer.elapsed, 1),
-                     "valid_energy_mae": trainer.rows[-1]["valid_energy_mae"] if trainer.rows else None,
-                     "valid_forces_mae": trainer.rows[-1]["valid_forces_mae"] if trainer.rows else None},
-        "lammps": {"atoms": len(slab), "steps": s.md_steps, "step0_energy_lammps": rows[0]["PotEng"],
-                   "step0_energy_python": e_python,
-                   "step0_energy_difference": abs(rows[0]["PotEng"] - e_python), **drift,
-                   "atom_steps_per_s": perf.get("atom_steps_per_s")},
-        "artifacts": {"checkpoint": str(run_dir / "best.ckpt"), "model": str(model_path), "plugin": str(plugin),
-                      "metrics_csv": str(run_dir / "metrics.csv"), "learning_curve": str(run_dir / "learning_curve.png"),
-                      "parity_plot": str(out / "parity.png"), "dimer_plot": str(out / "dimer.png"),
-                      "lammps_log": str(md_dir / "log.lammps"), "lammps_input": str(md_dir / "in.lammps")},
+        "training": {
+            "epochs": trainer.epoch,
+            "seconds": round(trainer.elapsed, 1),
+            "valid_energy_mae": trainer.rows[-1]["valid_energy_mae"] if trainer.rows else None,
+            "valid_forces_mae": trainer.rows[-1]["valid_forces_mae"] if trainer.rows else None,
+        },
+        "lammps": {
+            "atoms": len(slab),
+            "steps": s.md_steps,
+            "step0_energy_lammps": rows[0]["PotEng"],
+            "step0_energy_python": e_python,
+            "step0_energy_difference": abs(rows[0]["PotEng"] - e_python),
+            **drift,
+            "atom_steps_per_s": perf.get("atom_steps_per_s"),
+        },
+        "artifacts": {
+            "checkpoint": str(run_dir / "best.ckpt"),
+            "model": str(model_path),
+            "plugin": str(plugin),
+            "metrics_csv": str(run_dir / "metrics.csv"),
+            "learning_curve": str(run_dir / "learning_curve.png"),
+            "parity_plot": str(out / "parity.png"),
+            "dimer_plot": str(out / "dimer.png"),
+            "lammps_log": str(md_dir / "log.lammps"),
+            "lammps_input": str(md_dir / "in.lammps"),
+        },
         "wall_time_s": round(time.perf_counter() - t0, 1),
     }
     write_text(json.dumps(report, indent=2) + "\n", out / "report.json")
@@ -196,6 +245,7 @@ def run_demo(output: Path | str = "demo_output", quick: bool = False, train_time
 def print_report(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
+
     t = Table(title="forcefield demo", show_header=False)
     m, lm = report["test"], report["lammps"]
     t.add_row("test energy MAE", f"{m.get('energy_mae', float('nan')):.2f} meV/atom")

@@ -1,4 +1,5 @@
 """The `model` section of the config, with its defaults (docs/design.md, section "Architecture")."""
+
 from __future__ import annotations
 
 from typing import Dict, List, Literal, Optional
@@ -18,6 +19,7 @@ class SwitchConfig(BaseModel):
     (E_i = E0 exactly) at about 0.9 r_max, before the neighbour leaves the cutoff, while
     the learned energy keeps most of the range of a dimer's binding curve.
     """
+
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
     tau: float = Field(0.1, gt=0, description="softness of the minimum, Å")
@@ -32,13 +34,20 @@ class ModelConfig(BaseModel):
     num_layers: int = Field(2, ge=1)
     channels: int = Field(32, ge=1, description="multiplicity of every irrep in the hidden features")
     lmax: int = Field(2, ge=0, le=4)
-    correlation: int = Field(3, ge=1, le=4, description="body order of the node update: products of up to "
-                             "this many aggregated messages (1 = two-body messages only)")
+    correlation: int = Field(
+        3,
+        ge=1,
+        le=4,
+        description="body order of the node update: products of up to "
+        "this many aggregated messages (1 = two-body messages only)",
+    )
     num_basis: int = Field(8, ge=1, description="Bessel radial basis functions")
     radial_hidden: int = Field(64, ge=1, description="width of the radial MLP")
     dtype: Literal["float32", "float64"] = "float32"
     e0: Optional[Dict[str, float]] = Field(None, description="isolated-atom energies, eV")
-    shift: Optional[Dict[str, float]] = Field(None, description="per-species energy shift mu_Z, eV (fitted from data by training)")
+    shift: Optional[Dict[str, float]] = Field(
+        None, description="per-species energy shift mu_Z, eV (fitted from data by training)"
+    )
     scale: float = Field(1.0, gt=0, description="energy scale sigma, eV (force RMS from data by training)")
     avg_num_neighbors: float = Field(10.0, gt=0, description="message normalisation (from data by training)")
     switch: SwitchConfig = Field(default_factory=SwitchConfig)
@@ -76,6 +85,7 @@ def parse_model_config(cfg: dict | ModelConfig) -> ModelConfig:
     if isinstance(cfg, ModelConfig):
         return cfg
     from pydantic import ValidationError
+
     try:
         return ModelConfig.model_validate(cfg)
     except ValidationError as exc:

@@ -7,6 +7,7 @@ is a core concern (the ASE calculator, `evaluate`), so it lives here and the exp
 package imports the constants from this module. See docs/design.md, section "Export
 contract".
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,15 @@ FORMAT_VERSION = 1
 METADATA_KEYS = ("format_version", "species", "r_max", "num_layers", "dtype", "metadata.json")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-__all__ = ["FORMAT_VERSION", "METADATA_KEYS", "DTYPES", "is_torchscript_archive", "is_exported_file",
-           "load_checkpoint_model", "load_exported"]
+__all__ = [
+    "FORMAT_VERSION",
+    "METADATA_KEYS",
+    "DTYPES",
+    "is_torchscript_archive",
+    "is_exported_file",
+    "load_checkpoint_model",
+    "load_exported",
+]
 
 
 def _zip_names(path: Path) -> list:
@@ -84,6 +92,7 @@ def load_exported(path: Union[str, Path], device: str = "cpu") -> Tuple[torch.ji
         raise InputError(f"{path}: not a forcefield export (no metadata)")
     meta = json.loads(extra["metadata.json"])
     if int(meta.get("format_version", -1)) != FORMAT_VERSION:
-        raise InputError(f"{path}: unsupported format_version {meta.get('format_version')} "
-                         f"(this forcefield reads {FORMAT_VERSION})")
+        raise InputError(
+            f"{path}: unsupported format_version {meta.get('format_version')} (this forcefield reads {FORMAT_VERSION})"
+        )
     return module, meta

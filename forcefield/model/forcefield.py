@@ -9,6 +9,7 @@ The same `forward` serves training (create_graph=True), the ASE calculator, the
 TorchScript export and LAMMPS (n_local: only the first n_local atoms carry energy, the
 others are ghost atoms whose forces LAMMPS folds back).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -46,18 +47,26 @@ class ForceField(nn.Module):
         irreps_scalar = o3.Irreps(f"{cfg.channels}x0e")
 
         self.embedding = nn.Embedding(n_species, cfg.channels)
-        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=False,
-                                                         normalization="component")
+        self.spherical_harmonics = o3.SphericalHarmonics(self.irreps_sh, normalize=False, normalization="component")
         self.radial_basis = BesselBasis(cfg.r_max, cfg.num_basis)
         self.envelope = PolynomialEnvelope(cfg.r_max)
         layers = []
         irreps = irreps_scalar
         for k in range(cfg.num_layers):
             out = irreps_scalar if k == cfg.num_layers - 1 else self.irreps_hidden
-            layers.append(Interaction(irreps, out, self.irreps_sh, cfg.num_basis,
-                                      cfg.radial_hidden, cfg.avg_num_neighbors,
-                                      correlation=cfg.correlation, irreps_hidden=self.irreps_hidden,
-                                      num_species=n_species))
+            layers.append(
+                Interaction(
+                    irreps,
+                    out,
+                    self.irreps_sh,
+                    cfg.num_basis,
+                    cfg.radial_hidden,
+                    cfg.avg_num_neighbors,
+                    correlation=cfg.correlation,
+                    irreps_hidden=self.irreps_hidden,
+                    num_species=n_species,
+                )
+            )
             irreps = out
         self.layers = nn.ModuleList(layers)
         # The `node_features` hook of `forward` (DeNS's force encoding in training; modules
@@ -74,8 +83,9 @@ class ForceField(nn.Module):
         shift = cfg.shift or {}
         mu = [float(shift.get(s, e0.get(s, 0.0))) for s in cfg.species]
         self.register_buffer("shift", torch.tensor(mu, dtype=torch.float64))
-        self.register_buffer("e0", torch.tensor([float(e0.get(s, mu[i])) for i, s in enumerate(cfg.species)],
-                                                dtype=torch.float64))
+        self.register_buffer(
+            "e0", torch.tensor([float(e0.get(s, mu[i])) for i, s in enumerate(cfg.species)], dtype=torch.float64)
+        )
         self.register_buffer("scale", torch.tensor(float(cfg.scale), dtype=torch.float64))
         sw = cfg.switch
         self.switch = IsolationSwitch(sw.tau, sw.r_on, sw.r_off, sw.enabled)
@@ -121,8 +131,14 @@ class ForceField(nn.Module):
         masks.reverse()
         return [torch.nonzero(m).squeeze(-1) for m in masks]
 
-    def node_energies(self, edge_vec: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
-                      node_features: Optional[torch.Tensor] = None, n_local: int = -1) -> Dict[str, torch.Tensor]:
+    def node_energies(
+        self,
+        edge_vec: torch.Tensor,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        node_features: Optional[torch.Tensor] = None,
+        n_local: int = -1,
+    ) -> Dict[str, torch.Tensor]:
         """Per-atom energies E_i (eV) and the intermediate features (for the DeNS head);
         `node_features` (irreps `irreps_dens`) are added to the features entering block `dens_layer`."""
         num_nodes = species.shape[0]
@@ -153,13 +169,28 @@ class ForceField(nn.Module):
         s = self.switch(r, u, edge_index[0], num_nodes)
         mu = self.shift[species]
         node_energy = s * (self.scale * e + mu) + (1.0 - s) * self.e0[species]
-        return {"node_energy": node_energy, "switch": s, "penultimate": penultimate,
-                "edge_sh": edge_sh, "edge_radial": edge_radial}
+        return {
+            "node_energy": node_energy,
+            "switch": s,
+            "penultimate": penultimate,
+            "edge_sh": edge_sh,
+            "edge_radial": edge_radial,
+        }
 
-    def forward(self, pos: torch.Tensor, species: torch.Tensor, edge_index: torch.Tensor,
-                shifts: torch.Tensor, batch: torch.Tensor, num_graphs: int, n_local: int = -1,
-                compute_forces: bool = True, compute_virial: bool = False, create_graph: bool = False,
-                node_features: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    def forward(
+        self,
+        pos: torch.Tensor,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        shifts: torch.Tensor,
+        batch: torch.Tensor,
+        num_graphs: int,
+        n_local: int = -1,
+        compute_forces: bool = True,
+        compute_virial: bool = False,
+        create_graph: bool = False,
+        node_features: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
         """Energies per graph, per-atom energies, forces (N,3) and virial (num_graphs,3,3).
 
         pos (N,3); species (N,) index into self.species; edge_index (2,E) full list,
@@ -183,8 +214,7 @@ class ForceField(nn.Module):
         out["energy"] = energy
 
         if need_grad:
-            grads = torch.autograd.grad([counted.sum()], [edge_vec], create_graph=create_graph,
-                                        allow_unused=True)
+            grads = torch.autograd.grad([counted.sum()], [edge_vec], create_graph=create_graph, allow_unused=True)
             g = grads[0]
             if g is None:
                 g = torch.zeros_like(edge_vec)

@@ -13,6 +13,7 @@ block of the energy model (scalar output) costs one contraction per `l`, and a b
 with scalars only is a plain outer product. `act` is a gate for mixed outputs, SiLU for
 scalar-only outputs and the identity for outputs without scalars (the DeNS noise head).
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
@@ -25,8 +26,7 @@ from torch import nn
 from forcefield.model.product import ProductBasis
 
 
-def _tp_paths(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irreps
-              ) -> Tuple[o3.Irreps, List[tuple]]:
+def _tp_paths(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irreps) -> Tuple[o3.Irreps, List[tuple]]:
     wanted = {ir for _, ir in irreps_target}
     mid: List[Tuple[int, o3.Irrep]] = []
     instructions = []
@@ -43,9 +43,18 @@ def _tp_paths(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irre
 
 
 class Interaction(nn.Module):
-    def __init__(self, irreps_in: o3.Irreps, irreps_out: o3.Irreps, irreps_sh: o3.Irreps,
-                 num_basis: int, radial_hidden: int, avg_num_neighbors: float,
-                 correlation: int = 1, irreps_hidden: Optional[o3.Irreps] = None, num_species: int = 1):
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_out: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        num_basis: int,
+        radial_hidden: int,
+        avg_num_neighbors: float,
+        correlation: int = 1,
+        irreps_hidden: Optional[o3.Irreps] = None,
+        num_species: int = 1,
+    ):
         super().__init__()
         irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
         self.irreps_in, self.irreps_out = irreps_in, irreps_out
@@ -61,10 +70,12 @@ class Interaction(nn.Module):
             irreps_mid, instructions = _tp_paths(irreps_in, o3.Irreps(irreps_sh), irreps_hidden)
         else:
             irreps_mid, instructions = _tp_paths(irreps_in, o3.Irreps(irreps_sh), irreps_out)
-        self.tp = o3.TensorProduct(irreps_in, irreps_sh, irreps_mid, instructions,
-                                   shared_weights=False, internal_weights=False)
+        self.tp = o3.TensorProduct(
+            irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
+        )
         self.radial = e3nn_nn.FullyConnectedNet(
-            [num_basis, radial_hidden, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu)
+            [num_basis, radial_hidden, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu
+        )
 
         scalars = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l == 0])
         gated = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l > 0])
@@ -88,8 +99,14 @@ class Interaction(nn.Module):
             self.linear_down = o3.Linear(irreps_mid.simplify(), irreps_pre)
         self.self_connection = o3.Linear(irreps_in, irreps_pre)
 
-    def forward(self, h: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
-                edge_index: torch.Tensor, species: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+        edge_index: torch.Tensor,
+        species: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         center, neighbour = edge_index[0], edge_index[1]
         weights = self.radial(edge_radial)
         messages = self.tp(self.linear_up(h)[neighbour], edge_sh, weights)

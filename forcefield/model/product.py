@@ -23,6 +23,7 @@ Paths whose two inputs are the same irrep and whose output is antisymmetric (1o 
 the cross product of a vector with itself) vanish identically and are never built: only
 natural-parity irreps are kept, which excludes exactly those.
 """
+
 from __future__ import annotations
 
 from typing import List, Tuple
@@ -48,9 +49,14 @@ class _Order(nn.Module):
 
     def __init__(self, irreps_in: o3.Irreps, irreps_target: o3.Irreps, num_species: int):
         super().__init__()
-        self.tp = o3.TensorProduct(irreps_in, irreps_in, irreps_target,
-                                   _uuu_paths(irreps_in, irreps_in, irreps_target),
-                                   shared_weights=False, internal_weights=False)
+        self.tp = o3.TensorProduct(
+            irreps_in,
+            irreps_in,
+            irreps_target,
+            _uuu_paths(irreps_in, irreps_in, irreps_target),
+            shared_weights=False,
+            internal_weights=False,
+        )
         self.weight = nn.Parameter(torch.randn(num_species, self.tp.weight_numel))
 
     def forward(self, u: torch.Tensor, a: torch.Tensor, species: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """Radial features of an edge: a Bessel basis times a smooth polynomial envelope."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,7 @@ class PolynomialEnvelope(nn.Module):
         p = self.p
         x = r / self.r_max
         xp = torch.pow(x, p)
-        u = (1.0 - 0.5 * (p + 1.0) * (p + 2.0) * xp + p * (p + 2.0) * xp * x
-             - 0.5 * p * (p + 1.0) * xp * x * x)
+        u = 1.0 - 0.5 * (p + 1.0) * (p + 2.0) * xp + p * (p + 2.0) * xp * x - 0.5 * p * (p + 1.0) * xp * x * x
         return torch.where(x < 1.0, u, torch.zeros_like(u))
 
 

@@ -14,6 +14,7 @@ is refused, not unpickled.
 Version 1 (the first release) had the same content without the schedule state; it is read
 as well. A newer version than this code knows is refused with a message saying so.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -45,8 +46,10 @@ def read_checkpoint(path: str | Path) -> dict:
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise InputError(f"{path}: refused: not a forcefield checkpoint (it holds objects other than "
-                         "tensors and plain data, and loading those could run code)") from None
+        raise InputError(
+            f"{path}: refused: not a forcefield checkpoint (it holds objects other than "
+            "tensors and plain data, and loading those could run code)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
         msg = " ".join(str(exc).split())[:200]
         raise InputError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {msg})") from None
@@ -54,8 +57,10 @@ def read_checkpoint(path: str | Path) -> dict:
         raise InputError(f"{path}: not a forcefield checkpoint")
     version = ckpt.get("version")
     if version not in READABLE_VERSIONS:
-        raise InputError(f"{path}: checkpoint format version {version!r}; this forcefield reads versions "
-                         f"{', '.join(map(str, READABLE_VERSIONS))} (written by a newer release?)")
+        raise InputError(
+            f"{path}: checkpoint format version {version!r}; this forcefield reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (written by a newer release?)"
+        )
     if version == 1 and isinstance(ckpt.get("model_config"), dict):
         # version 1 predates the product basis: its models are two-body (correlation 1)
         ckpt["model_config"].setdefault("correlation", 1)

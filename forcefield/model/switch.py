@@ -12,9 +12,11 @@ neighbour crosses the cutoff, and there is no cusp when the nearest neighbour ch
 Numerics: the log-sum-exp is shifted per atom by the hard minimum m_i of r_ij (detached:
 d_i does not depend on the shift, so its gradient is exact without it); every term is then
 at most u <= 1 and the nearest one is u(m_i), so nothing overflows for tau down to
-0.05 Å. When the sum is below 1e-30 (then u of the nearest neighbour is tiny, so d_i > r_max > r_off) the atom is isolated (s_i = 0)
-and the log is evaluated on a dummy 1, keeping first and second derivatives finite.
+0.05 Å. When the sum is below 1e-30 (then u of the nearest neighbour is tiny, so
+d_i > r_max > r_off) the atom is isolated (s_i = 0) and the log is evaluated on a dummy 1,
+keeping first and second derivatives finite.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +41,7 @@ class IsolationSwitch(nn.Module):
         self.r_off = float(r_off)
         self.enabled = bool(enabled)
 
-    def soft_min_distance(self, r: torch.Tensor, u: torch.Tensor, center: torch.Tensor,
-                          num_nodes: int) -> torch.Tensor:
+    def soft_min_distance(self, r: torch.Tensor, u: torch.Tensor, center: torch.Tensor, num_nodes: int) -> torch.Tensor:
         """d_i; +inf for atoms whose envelope-weighted sum underflows (no neighbour)."""
         big = torch.full((num_nodes,), float("inf"), dtype=r.dtype, device=r.device)
         m = big.scatter_reduce(0, center, r.detach(), reduce="amin", include_self=True)
@@ -51,8 +52,7 @@ class IsolationSwitch(nn.Module):
         d = m_safe - self.tau * torch.log(torch.where(ok, total, torch.ones_like(total)))
         return torch.where(ok, d, torch.full_like(d, float("inf")))
 
-    def forward(self, r: torch.Tensor, u: torch.Tensor, center: torch.Tensor,
-                num_nodes: int) -> torch.Tensor:
+    def forward(self, r: torch.Tensor, u: torch.Tensor, center: torch.Tensor, num_nodes: int) -> torch.Tensor:
         """s_i in [0, 1] per atom."""
         if not self.enabled:
             return torch.ones(num_nodes, dtype=r.dtype, device=r.device)

@@ -1,5 +1,6 @@
 """Training batches: labelled graphs, DeNS samples (forcefield/training/dens.py) and the masks
 the loss needs."""
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -7,15 +8,24 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from forcefield.data.graph import Graph, collate
-from forcefield.data.graph import frame_to_graph  # noqa: F401 - re-exported for bench/training_throughput.py
+from forcefield.data.graph import (
+    Graph,
+    collate,
+    frame_to_graph,  # noqa: F401 - re-exported for bench/training_throughput.py
+)
 from forcefield.training.config import DensConfig
 from forcefield.training.dens import dens_sample
 
 
-def make_batch(graphs: List[Graph], species: Sequence[str], r_max: float, dtype: torch.dtype,
-               device, rng: Optional[np.random.Generator] = None,
-               dens: Optional[DensConfig] = None) -> Dict[str, torch.Tensor]:
+def make_batch(
+    graphs: List[Graph],
+    species: Sequence[str],
+    r_max: float,
+    dtype: torch.dtype,
+    device,
+    rng: Optional[np.random.Generator] = None,
+    dens: Optional[DensConfig] = None,
+) -> Dict[str, torch.Tensor]:
     """Collate `graphs`; with `dens` (and `rng`) turn some of them into DeNS samples (`dens_sample`).
 
     Extra keys: noise_mask (N,) displaced atoms; noise_target (N,3) noise/std;

@@ -4,11 +4,12 @@ section "Training recipe").
 Every section forbids unknown keys, so a misspelt key is an error that names it.
 `TEMPLATE` is the commented default config printed by `forcefield template`.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Literal, Optional, Tuple, Union
+from typing import Literal, Optional, Tuple, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -34,27 +35,40 @@ class DensConfig(BaseModel):
     samples against the original labels) is two switches away (energy_loss,
     uncorrupted_force_loss). The measurements behind these defaults (bench/accuracy.py)
     are in bench/README.md."""
+
     model_config = ConfigDict(extra="forbid")
     enabled: bool = False
     prob: float = Field(0.25, ge=0, le=1, description="fraction of structures that become DeNS samples")
     corrupt_ratio: float = Field(0.25, gt=0, le=1, description="fraction of atoms displaced in a DeNS sample")
     std: float = Field(0.05, gt=0, description="noise std, Å")
     std_range: Optional[Tuple[float, float]] = Field(
-        None, description="if set, per-structure std drawn log-uniformly in [lo, hi] Å")
+        None, description="if set, per-structure std drawn log-uniformly in [lo, hi] Å"
+    )
     coefficient: float = Field(5.0, ge=0, description="weight of the denoising loss")
     energy_loss: bool = Field(False, description="energy loss of DeNS samples against the original energy")
     uncorrupted_force_loss: bool = Field(False, description="force loss on the undisplaced atoms of DeNS samples")
     decay: bool = Field(True, description="linear decay of the coefficient to 0 over training")
-    end: float = Field(1.0, gt=0, le=1, description="fraction of the budget after which DeNS stops "
-                       "(with decay, the coefficient reaches 0 there); later structures are not corrupted")
+    end: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="fraction of the budget after which DeNS stops "
+        "(with decay, the coefficient reaches 0 there); later structures are not corrupted",
+    )
 
 
 class FinalStageConfig(BaseModel):
     """A last stage with other loss weights (MACE's 'SWA' stage raises the energy weight)."""
+
     model_config = ConfigDict(extra="forbid")
     enabled: bool = True
-    start: float = Field(0.8, gt=0, le=1, description="fraction of the budget (max_epochs or max_time) "
-                         "after which it starts, if stage 1 has not converged before")
+    start: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="fraction of the budget (max_epochs or max_time) "
+        "after which it starts, if stage 1 has not converged before",
+    )
     energy_weight: Optional[float] = Field(100.0, ge=0, description="null: keep training.energy_weight")
     forces_weight: Optional[float] = Field(10.0, ge=0, description="null: keep training.forces_weight")
     stress_weight: Optional[float] = Field(None, ge=0, description="null: keep training.stress_weight")
@@ -72,8 +86,12 @@ class TrainingConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0)
     scheduler: Literal["plateau", "cosine", "none"] = "plateau"
     warmup_steps: int = Field(100, ge=0, description="optimizer steps of linear LR warm-up")
-    patience_steps: int = Field(1000, ge=1, description="optimizer steps without validation improvement "
-                                "before the plateau LR drops (and, at the floor, before stopping)")
+    patience_steps: int = Field(
+        1000,
+        ge=1,
+        description="optimizer steps without validation improvement "
+        "before the plateau LR drops (and, at the floor, before stopping)",
+    )
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     lr_min_ratio: float = Field(0.01, gt=0, le=1, description="LR floor as a fraction of the stage's LR")
     early_stop: bool = Field(True, description="stop when validation no longer improves at the LR floor")

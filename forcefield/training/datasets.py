@@ -1,4 +1,5 @@
 """Config `data` section -> train / valid / test frames, E0 and the statistics."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,8 +9,7 @@ from forcefield.data.checks import check_labels, check_species
 from forcefield.data.frames import Frame, read_frames
 from forcefield.data.graph import Graph, frame_to_graph
 from forcefield.data.split import extract_e0, train_valid_split
-from forcefield.data.statistics import (avg_num_neighbors, avg_num_neighbors_of_graphs, fit_species_shift,
-                                         force_rms)
+from forcefield.data.statistics import avg_num_neighbors, avg_num_neighbors_of_graphs, fit_species_shift, force_rms
 from forcefield.errors import InputError
 from forcefield.training.config import Config
 
@@ -51,8 +51,10 @@ def check_loss_weights(cfg: Config, train: List[Frame]) -> None:
             continue
         names = ", ".join(f"{prefix}{k}_weight" for k in ("energy", "forces", "stress"))
         if w["stress"] > 0:
-            raise InputError(f"{names}: only stress_weight is > 0 but no training structure has a stress "
-                             f"(key '{cfg.data.stress_key}'): nothing to train on")
+            raise InputError(
+                f"{names}: only stress_weight is > 0 but no training structure has a stress "
+                f"(key '{cfg.data.stress_key}'): nothing to train on"
+            )
         raise InputError(f"{names} are all 0: nothing to train on")
 
 
@@ -76,14 +78,23 @@ def load_datasets(cfg: Config) -> Datasets:
     need_forces = tr.forces_weight > 0 or cfg.dens.enabled
     for name, frames, path in (("train", train, d.train), ("valid", valid, d.valid), ("test", test, d.test)):
         if not frames and name == "valid" and not isinstance(path, str):
-            raise InputError(f"data.valid fraction {path}: no valid structures ({d.train} has "
-                             f"{len(train)} structure(s) after removing isolated atoms)")
+            raise InputError(
+                f"data.valid fraction {path}: no valid structures ({d.train} has "
+                f"{len(train)} structure(s) after removing isolated atoms)"
+            )
         if not frames and name != "test":
             raise InputError(f"{path}: no {name} structures (after removing isolated atoms)")
         check_species(frames, species, path if isinstance(path, str) else d.train)
-        check_labels(frames, need_energy=tr.energy_weight > 0, need_forces=need_forces, need_stress=False,
-                     path=path if isinstance(path, str) else d.train, energy_key=d.energy_key,
-                     forces_key=d.forces_key, stress_key=d.stress_key)
+        check_labels(
+            frames,
+            need_energy=tr.energy_weight > 0,
+            need_forces=need_forces,
+            need_stress=False,
+            path=path if isinstance(path, str) else d.train,
+            energy_key=d.energy_key,
+            forces_key=d.forces_key,
+            stress_key=d.stress_key,
+        )
     check_loss_weights(cfg, train)
     _check_test_geometry(test, cfg)
     for s in e0:
@@ -98,6 +109,7 @@ def check_species_covered(cfg: Config, train: List[Frame], e0: Mapping[str, floa
     up: it occurs in no training structure with an energy (when some have one) and neither
     model.e0, data.isolated_atoms, isolated atoms in data.train nor model.shift gives it."""
     from ase.data import chemical_symbols
+
     m, d = cfg.model, cfg.data
     given = set(e0) | set(m.shift or {})
     labelled = [f for f in train if f.energy is not None]
@@ -106,9 +118,11 @@ def check_species_covered(cfg: Config, train: List[Frame], e0: Mapping[str, floa
         if s in seen or s in given:
             continue
         what = "structure with an energy" if labelled else "structure"
-        raise InputError(f"model.species: element '{s}' occurs in no training {what} of {d.train}, so its "
-                         "energy shift and E0 would be made up; give its isolated-atom energy in model.e0 "
-                         "or data.isolated_atoms, or remove it from model.species")
+        raise InputError(
+            f"model.species: element '{s}' occurs in no training {what} of {d.train}, so its "
+            "energy shift and E0 would be made up; give its isolated-atom energy in model.e0 "
+            "or data.isolated_atoms, or remove it from model.species"
+        )
 
 
 def statistics(cfg: Config, data: Datasets, train_graphs: Optional[Sequence[Graph]] = None) -> Dict[str, object]:
@@ -124,8 +138,7 @@ def statistics(cfg: Config, data: Datasets, train_graphs: Optional[Sequence[Grap
         neighbours = avg_num_neighbors(data.train, m.r_max)
     else:
         neighbours = avg_num_neighbors_of_graphs(train_graphs)
-    return {"shift": shift, "scale": force_rms(data.train, shift), "e0": e0 or None,
-            "avg_num_neighbors": neighbours}
+    return {"shift": shift, "scale": force_rms(data.train, shift), "e0": e0 or None, "avg_num_neighbors": neighbours}
 
 
 def model_config_with_statistics(cfg: Config, stats: Dict[str, object]):

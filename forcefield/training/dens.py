@@ -9,6 +9,7 @@ drawn by `corrupt`. `ForceEncoder` embeds the original forces of the displaced a
 ForceField's generic `node_features` hook; `NoiseHead` predicts noise / std per atom.
 Neither module is part of `ForceField`, so the exported model carries none of them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,13 +29,15 @@ from forcefield.training.loss import masked_mse
 @dataclass
 class Corruption:
     """What `corrupt` did to one structure."""
-    mask: np.ndarray    # (N,) bool: displaced atoms
-    noise: np.ndarray   # (N,3) displacement (zero for undisplaced atoms), Å
-    std: float          # noise std used, Å
+
+    mask: np.ndarray  # (N,) bool: displaced atoms
+    noise: np.ndarray  # (N,3) displacement (zero for undisplaced atoms), Å
+    std: float  # noise std used, Å
 
 
-def corrupt(n_atoms: int, rng: np.random.Generator, corrupt_ratio: float, std: float,
-            std_range: Optional[tuple] = None) -> Corruption:
+def corrupt(
+    n_atoms: int, rng: np.random.Generator, corrupt_ratio: float, std: float, std_range: Optional[tuple] = None
+) -> Corruption:
     """Displace each atom with probability `corrupt_ratio`: at least one, and not all
     unless the ratio is 1 (or there is one atom). Noise is N(0, std^2) per component;
     with `std_range` the std is drawn log-uniformly per structure."""
@@ -50,8 +53,9 @@ def corrupt(n_atoms: int, rng: np.random.Generator, corrupt_ratio: float, std: f
     return Corruption(mask, noise, std)
 
 
-def dens_sample(g: Graph, rng: Optional[np.random.Generator], config: Optional[DensConfig],
-                r_max: float) -> Tuple[Graph, np.ndarray, np.ndarray, np.ndarray]:
+def dens_sample(
+    g: Graph, rng: Optional[np.random.Generator], config: Optional[DensConfig], r_max: float
+) -> Tuple[Graph, np.ndarray, np.ndarray, np.ndarray]:
     """(graph, noise_mask (N,), noise_target (N,3), force_mask (N,)) of one structure of a
     training batch. With probability config.prob a DeNS sample: some atoms displaced
     (`corrupt`), the neighbour list rebuilt, the labels the original ones, noise_target the
@@ -96,16 +100,22 @@ class NoiseHead(nn.Module):
     then one 1o output per atom: the predicted noise / std. Only edges whose centre is a
     displaced atom are evaluated (the loss uses no other atom)."""
 
-    def __init__(self, model: nn.Module, channels: int, num_basis: int, radial_hidden: int,
-                 avg_num_neighbors: float):
+    def __init__(self, model: nn.Module, channels: int, num_basis: int, radial_hidden: int, avg_num_neighbors: float):
         super().__init__()
         irreps_vec = o3.Irreps(f"{channels}x1o")
-        self.block = Interaction(model.irreps_penultimate, irreps_vec, model.irreps_sh,
-                                 num_basis, radial_hidden, avg_num_neighbors)
+        self.block = Interaction(
+            model.irreps_penultimate, irreps_vec, model.irreps_sh, num_basis, radial_hidden, avg_num_neighbors
+        )
         self.out = o3.Linear(irreps_vec, o3.Irreps("1x1o"))
 
-    def forward(self, features: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor,
-                edge_index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        features: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+        edge_index: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
         keep = mask[edge_index[0]]
         h = self.block(features, edge_sh[keep], edge_radial[keep], edge_index[:, keep])
         return self.out(h)
@@ -129,8 +139,9 @@ class DeNS:
         mc = model.model_config()
         self.config = config
         self.encoder = ForceEncoder(mc.lmax, model.irreps_dens).to(device, model.dtype)
-        self.head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden,
-                              mc.avg_num_neighbors).to(device, model.dtype)
+        self.head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden, mc.avg_num_neighbors).to(
+            device, model.dtype
+        )
 
     def coefficient(self, progress: float) -> float:
         """Weight of the noise loss at `progress` (fraction of the budget): config.coefficient,

@@ -1,4 +1,5 @@
 """Exponential moving average of model weights (evaluated and saved as the model)."""
+
 from __future__ import annotations
 
 from typing import Dict

@@ -2,6 +2,7 @@
 sigma, so the weights are dimensionless) and, on DeNS samples, the noise-prediction loss
 (the force encoding and the noise loss are those of forcefield/training/dens.py: the
 encoder's `encode` and the head's `loss`)."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -21,10 +22,15 @@ def masked_mse(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (sq * m).sum() / m.sum().clamp(min=1.0)
 
 
-def batch_loss(model: nn.Module, batch: Dict[str, torch.Tensor], weights: Dict[str, float],
-               encoder: Optional[nn.Module] = None, head: Optional[nn.Module] = None,
-               dens_coefficient: float = 0.0, create_graph: bool = True
-               ) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, torch.Tensor]]:
+def batch_loss(
+    model: nn.Module,
+    batch: Dict[str, torch.Tensor],
+    weights: Dict[str, float],
+    encoder: Optional[nn.Module] = None,
+    head: Optional[nn.Module] = None,
+    dens_coefficient: float = 0.0,
+    create_graph: bool = True,
+) -> Tuple[torch.Tensor, Dict[str, float], Dict[str, torch.Tensor]]:
     """(total loss, float parts, model outputs). `encoder` and `head`: DeNS's ForceEncoder
     and NoiseHead (`DeNS.encoder`, `DeNS.head`), used on batches with displaced atoms."""
     sigma = float(model.scale)
@@ -32,9 +38,18 @@ def batch_loss(model: nn.Module, batch: Dict[str, torch.Tensor], weights: Dict[s
     want_stress = "stress" in batch and weights.get("stress", 0.0) > 0
     node_features = encoder.encode(batch, sigma) if encoder is not None else None
     has_dens = node_features is not None
-    out = model(batch["pos"], batch["species"], batch["edge_index"], batch["shifts"], batch["batch"],
-                n_graphs, compute_forces=True, compute_virial=want_stress, create_graph=create_graph,
-                node_features=node_features)
+    out = model(
+        batch["pos"],
+        batch["species"],
+        batch["edge_index"],
+        batch["shifts"],
+        batch["batch"],
+        n_graphs,
+        compute_forces=True,
+        compute_virial=want_stress,
+        create_graph=create_graph,
+        node_features=node_features,
+    )
     n_atoms = batch["num_atoms"].to(out["energy"].dtype)
     parts: Dict[str, torch.Tensor] = {}
     total = torch.zeros((), dtype=out["energy"].dtype, device=out["energy"].device)
@@ -47,8 +62,7 @@ def batch_loss(model: nn.Module, batch: Dict[str, torch.Tensor], weights: Dict[s
             parts["energy"] = masked_mse(err, emask)
             total = total + weights["energy"] * parts["energy"]
     if "forces" in batch and weights.get("forces", 0.0) > 0:
-        fmask = batch.get("force_mask", torch.ones(out["forces"].shape[0], dtype=torch.bool,
-                                                   device=n_atoms.device))
+        fmask = batch.get("force_mask", torch.ones(out["forces"].shape[0], dtype=torch.bool, device=n_atoms.device))
         if bool(fmask.any()):
             err = (out["forces"] - batch["forces"]) / sigma
             parts["forces"] = masked_mse(err, fmask)

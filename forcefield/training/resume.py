@@ -1,5 +1,6 @@
 """--resume: which config changes a resumed training run accepts (the budget and the
 machine) and the one-line refusal naming the others."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,14 @@ from typing import Dict
 from forcefield.errors import InputError
 
 # config keys that may differ on --resume (budget and machine); anything else is refused
-RESUMABLE_KEYS = {"training.max_epochs", "training.max_time", "training.num_threads", "training.device",
-                  "training.early_stop", "data.test"}
+RESUMABLE_KEYS = {
+    "training.max_epochs",
+    "training.max_time",
+    "training.num_threads",
+    "training.device",
+    "training.early_stop",
+    "data.test",
+}
 
 
 def _flatten(d: dict, prefix: str = "") -> Dict[str, object]:
@@ -38,9 +45,13 @@ def check_resume_config(old: dict, new: dict, where: Path) -> Dict[str, tuple]:
         more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
         hint = ""
         if "dens.enabled" in refused:
-            hint = ("; turning DeNS on or off adds or removes trainable modules (force encoder, noise "
-                    "head) that the checkpoint's optimizer state does not have")
-        raise InputError(f"{where}: --resume with a changed config: {shown}{more}; only "
-                         f"{', '.join(sorted(RESUMABLE_KEYS))} may change (start a new run with "
-                         f"--overwrite or another --output){hint}")
+            hint = (
+                "; turning DeNS on or off adds or removes trainable modules (force encoder, noise "
+                "head) that the checkpoint's optimizer state does not have"
+            )
+        raise InputError(
+            f"{where}: --resume with a changed config: {shown}{more}; only "
+            f"{', '.join(sorted(RESUMABLE_KEYS))} may change (start a new run with "
+            f"--overwrite or another --output){hint}"
+        )
     return changes

@@ -21,6 +21,7 @@ without improvement counts as a full patience.
 
 The state is plain numbers, so it goes into a weights-only checkpoint.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,14 +34,14 @@ class Schedule:
         self.base_lr = float(tr.lr)
         self.steps_per_epoch = max(1, int(steps_per_epoch))
         self.total_steps = max(1, int(tr.max_epochs) * self.steps_per_epoch)
-        self.step = 0                 # optimizer steps taken
-        self.stage = 1                # 1, then 2 in the final stage
+        self.step = 0  # optimizer steps taken
+        self.stage = 1  # 1, then 2 in the final stage
         self.lr = self.base_lr / max(1, tr.warmup_steps) if tr.warmup_steps else self.base_lr
         self.plateau_lr = self.base_lr  # LR of the plateau schedule after warm-up
-        self.best = math.inf          # best validation loss of the current stage
-        self.since_best = 0           # optimizer steps since the last improvement
+        self.best = math.inf  # best validation loss of the current stage
+        self.since_best = 0  # optimizer steps since the last improvement
         self.stage_start_step = 0
-        self.stopped = ""             # why training ended early ("" while it goes on)
+        self.stopped = ""  # why training ended early ("" while it goes on)
 
     # ------------------------------------------------------------------ numbers
     @property
@@ -127,15 +128,18 @@ class Schedule:
             self._enter_final_stage()
             notes.append(f"final stage ({why}): weights {self.loss_weights()}, lr {self.lr:.3g}")
         elif exhausted and tr.early_stop:
-            self.stopped = (f"early stop: validation loss did not improve for {tr.patience_steps} steps"
-                            + (" at the LR floor" if tr.scheduler == "plateau" else ""))
+            self.stopped = f"early stop: validation loss did not improve for {tr.patience_steps} steps" + (
+                " at the LR floor" if tr.scheduler == "plateau" else ""
+            )
             notes.append(self.stopped)
         return "; ".join(notes)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, object]:
-        return {k: getattr(self, k) for k in ("step", "stage", "lr", "plateau_lr", "best", "since_best",
-                                              "stage_start_step", "stopped")}
+        return {
+            k: getattr(self, k)
+            for k in ("step", "stage", "lr", "plateau_lr", "best", "since_best", "stage_start_step", "stopped")
+        }
 
     def load_state_dict(self, state: Optional[Dict[str, object]]) -> None:
         for k, v in (state or {}).items():

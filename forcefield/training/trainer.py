@@ -10,6 +10,7 @@ position inside it (its batch order and next batch), and --resume finishes it.
 The LR schedule counts optimizer steps, so it does not depend on timing; only what is
 sized from max_time (cosine, the start of the final stage, the DeNS decay) does.
 """
+
 from __future__ import annotations
 
 import csv
@@ -37,9 +38,23 @@ from forcefield.training.loss import batch_loss
 from forcefield.training.resume import check_resume_config
 from forcefield.training.schedule import Schedule
 
-METRIC_COLUMNS = ["epoch", "lr", "train_loss", "train_energy_loss", "train_forces_loss", "train_stress_loss",
-                  "train_dens_loss", "dens_coefficient", "valid_loss", "valid_energy_mae", "valid_forces_mae",
-                  "valid_stress_mae", "time_s", "stage", "event"]
+METRIC_COLUMNS = [
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_energy_loss",
+    "train_forces_loss",
+    "train_stress_loss",
+    "train_dens_loss",
+    "dens_coefficient",
+    "valid_loss",
+    "valid_energy_mae",
+    "valid_forces_mae",
+    "valid_stress_mae",
+    "time_s",
+    "stage",
+    "event",
+]
 RUN_FILES = ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "learning_curve.png", "test_metrics.json")
 
 
@@ -52,8 +67,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False,
-                 overwrite: bool = False):
+    def __init__(
+        self, cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False, overwrite: bool = False
+    ):
         self.cfg = cfg
         self.out = Path(output).expanduser()
         self.quiet = quiet
@@ -76,8 +92,10 @@ class Trainer:
 
         self.data = load_datasets(cfg)  # bad data is reported before a taken output folder
         if self._replace and not overwrite:
-            raise InputError(f"{self.out}: already holds a training run ({', '.join(existing)}); "
-                             "continue it with --resume or replace it with --overwrite")
+            raise InputError(
+                f"{self.out}: already holds a training run ({', '.join(existing)}); "
+                "continue it with --resume or replace it with --overwrite"
+            )
         # model.species and model.r_max are those of a resumed checkpoint too (--resume refuses
         # a changed model section); the statistics count neighbours on these graphs
         self.species, self.r_max = list(cfg.model.species), float(cfg.model.r_max)
@@ -141,7 +159,10 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-            "epoch": self.epoch, "best": self.best, "rows": self.rows, "elapsed": self.elapsed,
+            "epoch": self.epoch,
+            "best": self.best,
+            "rows": self.rows,
+            "elapsed": self.elapsed,
             "epoch_state": self.epoch_state,
             "config": self.cfg.model_dump(mode="json"),
         }
@@ -182,6 +203,7 @@ class Trainer:
     def _log(self, msg: str) -> None:
         if not self.quiet:
             from rich.console import Console
+
             Console(stderr=True).print(msg)
 
     # ------------------------------------------------------------------ loop
@@ -202,7 +224,7 @@ class Trainer:
         else:
             state, self.epoch_state = self.epoch_state, None
         order = state["order"]
-        batches = [order[k:k + tr.batch_size] for k in range(0, len(order), tr.batch_size)]
+        batches = [order[k : k + tr.batch_size] for k in range(0, len(order), tr.batch_size)]
         sums, counts = state["sums"], state["counts"]  # a part (dens, stress) is averaged over the batches that have it
         self.model.train()
         t_last = time.perf_counter()
@@ -211,14 +233,16 @@ class Trainer:
             idx = batches[b]
             state["coef"] = coef = self.dens_coefficient(self.schedule.progress(self.elapsed))
             dens = self.dens.batch_config(coef) if self.dens is not None else None
-            batch = make_batch([self.train_graphs[i] for i in idx], self.species, self.r_max, self.dtype,
-                               self.device, self.rng, dens)
+            batch = make_batch(
+                [self.train_graphs[i] for i in idx], self.species, self.r_max, self.dtype, self.device, self.rng, dens
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss, parts, _ = batch_loss(self.model, batch, weights, self.encoder, self.head, coef)
             loss.backward()
             if tr.grad_clip:
                 torch.nn.utils.clip_grad_norm_(
-                    [p for g in self.optimizer.param_groups for p in g["params"]], tr.grad_clip)
+                    [p for g in self.optimizer.param_groups for p in g["params"]], tr.grad_clip
+                )
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model)
@@ -230,7 +254,11 @@ class Trainer:
             t_last = now
             self._set_lr(self.schedule.after_step(self.elapsed))
             if bar is not None:
-                bar.update(task, advance=len(idx), description=f"epoch {self.epoch + 1} loss {sums['loss'] / counts['loss']:.4g}")
+                bar.update(
+                    task,
+                    advance=len(idx),
+                    description=f"epoch {self.epoch + 1} loss {sums['loss'] / counts['loss']:.4g}",
+                )
             if self._out_of_time() and b + 1 < len(batches):
                 state["next"] = b + 1
                 self.epoch_state = state
@@ -253,7 +281,7 @@ class Trainer:
         bs = max(self.cfg.training.batch_size, 8)
         try:
             for k in range(0, len(graphs), bs):
-                batch = make_batch(graphs[k:k + bs], self.species, self.r_max, self.dtype, self.device)
+                batch = make_batch(graphs[k : k + bs], self.species, self.r_max, self.dtype, self.device)
                 loss, _, out = batch_loss(self.model, batch, self.weights, create_graph=False)
                 g = int(batch["num_graphs"])
                 tot["loss"] += float(loss.detach()) * g
@@ -275,8 +303,12 @@ class Trainer:
             if raw is not None:
                 self.model.load_state_dict(raw)
         mean = lambda key: tot[key] / cnt[key] if cnt[key] else float("nan")  # noqa: E731
-        return {"valid_loss": mean("loss"), "valid_energy_mae": 1000 * mean("e"),
-                "valid_forces_mae": 1000 * mean("f"), "valid_stress_mae": 1000 * mean("s")}
+        return {
+            "valid_loss": mean("loss"),
+            "valid_energy_mae": 1000 * mean("e"),
+            "valid_forces_mae": 1000 * mean("f"),
+            "valid_stress_mae": 1000 * mean("s"),
+        }
 
     def _finish_epoch(self, row: Dict[str, float]) -> None:
         tr = self.cfg.training
@@ -314,35 +346,47 @@ class Trainer:
 
     def run(self) -> Dict[str, float]:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         tr = self.cfg.training
         if tr.num_threads:
             torch.set_num_threads(tr.num_threads)
         self._prepare_folder()
-        cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("{task.fields[status]}"))
+        cols = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+        )
         try:
             with Progress(*cols, disable=self.quiet, transient=False) as bar:
-                while (self.epoch < tr.max_epochs and not self._out_of_time()
-                       and not self.schedule.stopped):
+                while self.epoch < tr.max_epochs and not self._out_of_time() and not self.schedule.stopped:
                     task = bar.add_task(f"epoch {self.epoch + 1}", total=len(self.train_graphs), status="")
                     row = self.train_epoch(bar, task)
                     if row is None:  # max_time inside the epoch: not an epoch, but resumable
                         self._save(best=False)
                         b = self.epoch_state["next"]
                         n = math.ceil(len(self.train_graphs) / tr.batch_size)
-                        self._log(f"max_time ({tr.max_time:g} s) reached after batch {b}/{n} of epoch "
-                                  f"{self.epoch + 1}: not recorded as an epoch; --resume finishes it")
+                        self._log(
+                            f"max_time ({tr.max_time:g} s) reached after batch {b}/{n} of epoch "
+                            f"{self.epoch + 1}: not recorded as an epoch; --resume finishes it"
+                        )
                         break
                     self._finish_epoch(row)
-                    bar.update(task, status=f"valid E {self.rows[-1]['valid_energy_mae']:.2f} meV/atom  "
-                                            f"F {self.rows[-1]['valid_forces_mae']:.1f} meV/Å")
+                    bar.update(
+                        task,
+                        status=f"valid E {self.rows[-1]['valid_energy_mae']:.2f} meV/atom  "
+                        f"F {self.rows[-1]['valid_forces_mae']:.1f} meV/Å",
+                    )
         except KeyboardInterrupt:
             # last.ckpt already holds the state at the end of the last completed epoch (or of
             # the last max_time cut); the state of a half-done epoch is not saved here, since
             # it could be mid-step
             if (self.out / "last.ckpt").is_file():
-                self._log(f"[yellow]interrupted: {self.out / 'last.ckpt'} holds the last completed "
-                          "epoch (continue with --resume)[/yellow]")
+                self._log(
+                    f"[yellow]interrupted: {self.out / 'last.ckpt'} holds the last completed "
+                    "epoch (continue with --resume)[/yellow]"
+                )
             else:
                 self._log("[yellow]interrupted before the first epoch ended: nothing to resume[/yellow]")
             raise
@@ -357,14 +401,16 @@ class Trainer:
         import json
 
         from forcefield.evaluation import evaluate
+
         d = self.cfg.data
         metrics, _ = evaluate(self.out / "best.ckpt", d.test, d.energy_key, d.forces_key, d.stress_key)
         write_text(json.dumps(metrics, indent=2) + "\n", self.out / "test_metrics.json")
         return metrics
 
 
-def train(cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False,
-          overwrite: bool = False) -> Trainer:
+def train(
+    cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False, overwrite: bool = False
+) -> Trainer:
     trainer = Trainer(cfg, output, resume=resume, quiet=quiet, overwrite=overwrite)
     trainer.run()
     return trainer

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from paths import DATASETS
 
 from forcefield.data.checks import check_labels, check_species
 from forcefield.data.frames import (
@@ -21,7 +20,7 @@ from forcefield.data.frames import (
 from forcefield.data.split import extract_e0
 from forcefield.errors import InputError
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = DATASETS
 ETHANOL = DATA / "ethanol" / "train.xyz"
 ETHANOL_E0 = DATA / "ethanol" / "isolated_atoms.xyz"
 SILICON = DATA / "silicon" / "train.xyz"
@@ -116,9 +115,7 @@ def test_labels_in_info_and_arrays():
 
 def test_labels_on_calculator():
     atoms = _copper_pair()
-    atoms.calc = SinglePointCalculator(
-        atoms, energy=2.5, forces=np.ones((2, 3)), stress=np.array([1.0, 2, 3, 4, 5, 6])
-    )
+    atoms.calc = SinglePointCalculator(atoms, energy=2.5, forces=np.ones((2, 3)), stress=np.array([1.0, 2, 3, 4, 5, 6]))
     f = Frame.from_atoms(atoms)
     assert f.energy == 2.5
     np.testing.assert_allclose(f.forces, np.ones((2, 3)))
@@ -197,7 +194,15 @@ def test_to_atoms_carries_labels():
     np.testing.assert_allclose(atoms.get_forces(), f.forces)
     np.testing.assert_allclose(atoms.get_stress(voigt=False), f.stress)
     assert atoms.info["config_type"] == f.config_type
-    bare = Frame(numbers=[29], positions=[[0, 0, 0]], cell=np.zeros((3, 3)), pbc=[False] * 3, energy=None, forces=None, stress=None)
+    bare = Frame(
+        numbers=[29],
+        positions=[[0, 0, 0]],
+        cell=np.zeros((3, 3)),
+        pbc=[False] * 3,
+        energy=None,
+        forces=None,
+        stress=None,
+    )
     assert bare.to_atoms().calc is None
 
 
@@ -243,8 +248,7 @@ def test_corrupt_file(tmp_path):
 def test_non_finite_position(tmp_path):
     path = tmp_path / "nan.xyz"
     path.write_text(
-        "2\nenergy=1.0 pbc=\"F F F\"\nCu 0 0 0\nCu 1 1 1\n"
-        "3\nenergy=2.0 pbc=\"F F F\"\nCu 0 0 0\nCu 1 1 1\nAu 2.0 nan 0.0\n"
+        '2\nenergy=1.0 pbc="F F F"\nCu 0 0 0\nCu 1 1 1\n3\nenergy=2.0 pbc="F F F"\nCu 0 0 0\nCu 1 1 1\nAu 2.0 nan 0.0\n'
     )
     with pytest.raises(InputError) as err:
         read_frames(path)
@@ -296,33 +300,61 @@ def test_unknown_element():
 
 def test_unknown_element_in_file(tmp_path):
     path = tmp_path / "zn.xyz"
-    path.write_text(
-        "1\nenergy=1.0 pbc=\"F F F\"\nCu 0 0 0\n"
-        "2\nenergy=1.0 pbc=\"F F F\"\nAu 0 0 0\nZn 2 0 0\n"
-    )
+    path.write_text('1\nenergy=1.0 pbc="F F F"\nCu 0 0 0\n2\nenergy=1.0 pbc="F F F"\nAu 0 0 0\nZn 2 0 0\n')
     frames = read_frames(path)
     with pytest.raises(InputError) as err:
         check_species(frames, ["Cu", "Au"], path)
-    assert _single_line(err) == (
-        f"{path}: frame 1 contains element 'Zn', which is not in model.species ['Cu', 'Au']"
-    )
+    assert _single_line(err) == (f"{path}: frame 1 contains element 'Zn', which is not in model.species ['Cu', 'Au']")
 
 
 def test_periodic_with_zero_cell(tmp_path):
     with pytest.raises(InputError) as err:
-        Frame(numbers=[29, 29], positions=np.zeros((2, 3)) + [[0, 0, 0], [1, 0, 0]],
-              cell=np.zeros((3, 3)), pbc=[True, True, True], energy=None, forces=None,
-              stress=None, source="cells.xyz:0")
+        Frame(
+            numbers=[29, 29],
+            positions=np.zeros((2, 3)) + [[0, 0, 0], [1, 0, 0]],
+            cell=np.zeros((3, 3)),
+            pbc=[True, True, True],
+            energy=None,
+            forces=None,
+            stress=None,
+            source="cells.xyz:0",
+        )
     assert "cells.xyz: frame 0" in _single_line(err)
 
 
 def test_conflicting_e0():
-    a = Frame(numbers=[29], positions=[[0, 0, 0]], cell=np.zeros((3, 3)), pbc=[False] * 3,
-              energy=1.0, forces=None, stress=None, config_type="isolated_atom", source="a.xyz:0")
-    b = Frame(numbers=[29], positions=[[0, 0, 0]], cell=np.zeros((3, 3)), pbc=[False] * 3,
-              energy=1.5, forces=None, stress=None, config_type="IsolatedAtom", source="a.xyz:5")
-    same = Frame(numbers=[29], positions=[[1, 0, 0]], cell=np.zeros((3, 3)), pbc=[False] * 3,
-                 energy=1.0, forces=None, stress=None, source="a.xyz:7")
+    a = Frame(
+        numbers=[29],
+        positions=[[0, 0, 0]],
+        cell=np.zeros((3, 3)),
+        pbc=[False] * 3,
+        energy=1.0,
+        forces=None,
+        stress=None,
+        config_type="isolated_atom",
+        source="a.xyz:0",
+    )
+    b = Frame(
+        numbers=[29],
+        positions=[[0, 0, 0]],
+        cell=np.zeros((3, 3)),
+        pbc=[False] * 3,
+        energy=1.5,
+        forces=None,
+        stress=None,
+        config_type="IsolatedAtom",
+        source="a.xyz:5",
+    )
+    same = Frame(
+        numbers=[29],
+        positions=[[1, 0, 0]],
+        cell=np.zeros((3, 3)),
+        pbc=[False] * 3,
+        energy=1.0,
+        forces=None,
+        stress=None,
+        source="a.xyz:7",
+    )
     rest, e0 = extract_e0([a, same])
     assert rest == [] and e0 == {"Cu": 1.0}
     with pytest.raises(InputError) as err:
@@ -335,10 +367,10 @@ def test_is_isolated_atom_rules():
     kw = dict(energy=None, forces=None, stress=None)
     one_open = Frame(numbers=[29], positions=[[0, 0, 0]], cell=np.zeros((3, 3)), pbc=[False] * 3, **kw)
     one_periodic = Frame(numbers=[29], positions=[[0, 0, 0]], cell=np.eye(3) * 2.5, pbc=[True] * 3, **kw)
-    tagged = Frame(numbers=[29], positions=[[0, 0, 0]], cell=np.eye(3) * 20, pbc=[True] * 3,
-                   config_type="IsolatedAtom", **kw)
-    two = Frame(numbers=[29, 29], positions=[[0, 0, 0], [3, 0, 0]], cell=np.zeros((3, 3)),
-                pbc=[False] * 3, **kw)
+    tagged = Frame(
+        numbers=[29], positions=[[0, 0, 0]], cell=np.eye(3) * 20, pbc=[True] * 3, config_type="IsolatedAtom", **kw
+    )
+    two = Frame(numbers=[29, 29], positions=[[0, 0, 0], [3, 0, 0]], cell=np.zeros((3, 3)), pbc=[False] * 3, **kw)
     assert is_isolated_atom(one_open)
     assert not is_isolated_atom(one_periodic)
     assert is_isolated_atom(tagged)

@@ -15,12 +15,12 @@ model is a real ForceField (tiny: 8 channels, 2 layers) exported with export_mod
 Models with random weights are re-drawn under a seed (tests/model_utils.randomize: every
 parameter, nonzero shift, scale and E0), so nothing passes vacuously.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -28,9 +28,6 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from model_utils import make_model  # noqa: E402
 from toy_exported_model import write_lammps_data  # noqa: E402
 
@@ -50,8 +47,15 @@ TRAJ_STEPS = 100
 # --------------------------------------------------------------------------- helpers
 
 
-def lammps_run(workdir: Path, deck: str, plugin: Path, np_: int = 1, mpirun: bool = False,
-               timeout: float = 600, extra_env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+def lammps_run(
+    workdir: Path,
+    deck: str,
+    plugin: Path,
+    np_: int = 1,
+    mpirun: bool = False,
+    timeout: float = 600,
+    extra_env: Optional[Dict[str, str]] = None,
+) -> subprocess.CompletedProcess:
     """Run `deck` in `workdir` (under mpirun when np_ > 1 or mpirun); stdout+stderr in .stdout."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "in.lammps").write_text(deck)
@@ -62,12 +66,12 @@ def lammps_run(workdir: Path, deck: str, plugin: Path, np_: int = 1, mpirun: boo
     cmd = [ffplugin.lmp_executable(), "-in", "in.lammps", "-log", "log.lammps", "-nocite"]
     if np_ > 1 or mpirun:
         cmd = [ffplugin.mpirun_executable(), "-np", str(np_)] + cmd
-    return subprocess.run(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
 
 
-def header(plugin: Path, model: Path, data: str = "data.lmp", boundary: str = "p p p",
-           elements: str = "Cu Au") -> str:
+def header(plugin: Path, model: Path, data: str = "data.lmp", boundary: str = "p p p", elements: str = "Cu Au") -> str:
     masses = "\n".join(f"mass {k + 1} {MASSES[s]}" for k, s in enumerate(elements.split()))
     return f"""units metal
 atom_style atomic
@@ -96,7 +100,7 @@ def read_dump(path: Path) -> Dict[int, np.ndarray]:
         start = k + 9  # TIMESTEP, step, NUMBER, n, BOX (+3 or 4 lines), ATOMS header
         while not lines[start - 1].startswith("ITEM: ATOMS"):
             start += 1
-        out[step] = np.array([[float(v) for v in line.split()] for line in lines[start:start + n]])
+        out[step] = np.array([[float(v) for v in line.split()] for line in lines[start : start + n]])
         k = start + n
     return out
 
@@ -122,11 +126,6 @@ def calc_results(model: Path, atoms: Atoms) -> Dict[str, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def plugin_path() -> Path:
-    return ffplugin.build_plugin()
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +163,9 @@ def mpi_runs(bulk_case, random_models, plugin_path):
     across rank counts); returns {np: (stdout, thermo rows, dumps)}.
     """
     d, atoms = bulk_case
-    text = header(plugin_path, random_models["f64"]) + f"""velocity all create 600 4321 loop geom
+    text = (
+        header(plugin_path, random_models["f64"])
+        + f"""velocity all create 600 4321 loop geom
 fix nve all nve
 timestep 0.001
 neighbor 1.0 bin
@@ -176,6 +177,7 @@ thermo_modify format float %.17g
 thermo 10
 run {TRAJ_STEPS}
 """
+    )
     out = {}
     for np_ in (1, 2, 4):
         work = d / f"np{np_}"
@@ -216,12 +218,15 @@ def test_step0_matches_calculator_float64(bulk_case, random_models, mpi_runs):
 def test_step0_matches_calculator_float32(bulk_case, random_models, plugin_path, tmp_path):
     d, atoms = bulk_case
     (tmp_path / "data.lmp").write_bytes((d / "data.lmp").read_bytes())
-    text = header(plugin_path, random_models["f32"]) + """dump d all custom 1 f.dump id fx fy fz c_pea
+    text = (
+        header(plugin_path, random_models["f32"])
+        + """dump d all custom 1 f.dump id fx fy fz c_pea
 dump_modify d format float %.17g sort id
 thermo_style custom step pe
 thermo_modify format float %.17g
 run 0
 """
+    )
     stdout = ok(lammps_run(tmp_path, text, plugin_path))
     assert "dtype: float32" in stdout
     ref = calc_results(random_models["f32"], atoms)
@@ -241,10 +246,13 @@ def test_pair_style_sends_only_the_receptive_field(bulk_case, random_models, plu
     within num_layers - 1 hops; the module gives LAMMPS' energy on them."""
     d, atoms = bulk_case
     (tmp_path / "data.lmp").write_bytes((d / "data.lmp").read_bytes())
-    text = header(plugin_path, random_models["f64"]) + """thermo_style custom step pe
+    text = (
+        header(plugin_path, random_models["f64"])
+        + """thermo_style custom step pe
 thermo_modify format float %.17g
 run 0
 """
+    )
     # unfolded: this checks the hop selection that remains with several ranks (folding: test_lammps_folding.py)
     env = {"FORCEFIELD_DUMP_INPUTS": str(tmp_path / "in.pt"), "FORCEFIELD_TIMING": "1", "FORCEFIELD_FOLD": "0"}
     stdout = ok(lammps_run(tmp_path, text, plugin_path, extra_env=env))
@@ -305,8 +313,8 @@ def test_mpi_ranks_same_trajectory(mpi_runs):
         np.testing.assert_array_equal(end[:, 0], end1[:, 0])
         # round-off (summation order differs between decompositions) grows over 100 steps
         # but stays far below anything physical
-        np.testing.assert_allclose(end[:, 2:5], end1[:, 2:5], rtol=0, atol=1e-9)   # positions
-        np.testing.assert_allclose(end[:, 5:8], end1[:, 5:8], rtol=0, atol=1e-8)   # velocities
+        np.testing.assert_allclose(end[:, 2:5], end1[:, 2:5], rtol=0, atol=1e-9)  # positions
+        np.testing.assert_allclose(end[:, 5:8], end1[:, 5:8], rtol=0, atol=1e-8)  # velocities
         np.testing.assert_allclose(end[:, 8:12], end1[:, 8:12], rtol=0, atol=1e-8)  # forces, pe/atom
         e = np.array([r["TotEng"] for r in rows])
         np.testing.assert_allclose(e, etot, rtol=0, atol=1e-8)
@@ -322,12 +330,15 @@ def test_isolated_atoms_have_e0_and_no_force(random_models, plugin_path, tmp_pat
     assert abs(e0["Cu"] - meta["shift"]["Cu"]) > 0.1  # E0 differs from the bulk shift
     pos = np.array([[1.0, 1.0, 1.0], [9.0, 8.5, 9.5]])
     write_lammps_data(tmp_path / "data.lmp", pos, np.array([1, 2]), np.diag([18.0] * 3), 2)
-    text = header(plugin_path, random_models["f64"]) + """dump d all custom 1 f.dump id fx fy fz c_pea
+    text = (
+        header(plugin_path, random_models["f64"])
+        + """dump d all custom 1 f.dump id fx fy fz c_pea
 dump_modify d format float %.17g sort id
 thermo_style custom step pe c_vir[1] c_vir[2] c_vir[3] c_vir[4] c_vir[5] c_vir[6]
 thermo_modify format float %.17g
 run 0
 """
+    )
     stdout = ok(lammps_run(tmp_path, text, plugin_path))
     row = parse_thermo(stdout)[0]
     rows = read_dump(tmp_path / "f.dump")[0]
@@ -361,16 +372,33 @@ def trained_model(tmp_path_factory) -> Path:
     from forcefield.training.trainer import train
 
     d = tmp_path_factory.mktemp("trained")
-    data = generate_demo_dataset(d / "data", seed=0, n_bulk=6, n_vacancy=0, n_surface=6, n_adatom=6,
-                                 n_cluster=4, n_dimer=8, n_test=0)
-    cfg = load_config({
-        "data": {"train": str(data["train"]), "valid": 0.1, "isolated_atoms": str(data["isolated_atoms"])},
-        "model": {"species": SPECIES, "r_max": R_MAX, "num_layers": 2, "channels": 8, "lmax": 1,
-                  "radial_hidden": 16, "dtype": "float32"},
-        "dens": {"enabled": False},
-        "training": {"max_epochs": 10, "batch_size": 4, "lr": 0.01, "seed": 0, "device": "cpu",
-                     "forces_weight": 10.0, "num_threads": 1},
-    })
+    data = generate_demo_dataset(
+        d / "data", seed=0, n_bulk=6, n_vacancy=0, n_surface=6, n_adatom=6, n_cluster=4, n_dimer=8, n_test=0
+    )
+    cfg = load_config(
+        {
+            "data": {"train": str(data["train"]), "valid": 0.1, "isolated_atoms": str(data["isolated_atoms"])},
+            "model": {
+                "species": SPECIES,
+                "r_max": R_MAX,
+                "num_layers": 2,
+                "channels": 8,
+                "lmax": 1,
+                "radial_hidden": 16,
+                "dtype": "float32",
+            },
+            "dens": {"enabled": False},
+            "training": {
+                "max_epochs": 10,
+                "batch_size": 4,
+                "lr": 0.01,
+                "seed": 0,
+                "device": "cpu",
+                "forces_weight": 10.0,
+                "num_threads": 1,
+            },
+        }
+    )
     threads = torch.get_num_threads()
     try:
         train(cfg, d / "run", quiet=True)
@@ -396,7 +424,9 @@ def slab_with_adatoms():
 
 def nve_slab_deck(plugin: Path, model: Path, evaporators, dt_fs: float, steps: int, speed: float) -> str:
     ids = " ".join(str(int(i) + 1) for i in evaporators)
-    return header(plugin, model, data="slab.data", boundary="p p m") + f"""neighbor 1.0 bin
+    return (
+        header(plugin, model, data="slab.data", boundary="p p m")
+        + f"""neighbor 1.0 bin
 neigh_modify every 1 delay 0 check yes
 velocity all create 300 7 mom yes rot no dist gaussian
 group evap id {ids}
@@ -410,6 +440,7 @@ timestep {dt_fs / 1000.0}
 fix nve all nve
 run {steps}
 """
+    )
 
 
 def test_nve_slab_with_evaporating_atoms(trained_model, plugin_path, tmp_path):
@@ -421,20 +452,26 @@ def test_nve_slab_with_evaporating_atoms(trained_model, plugin_path, tmp_path):
     slab, evaporators = slab_with_adatoms()
     n = len(slab)
     assert n == 50
-    ase.io.write(tmp_path / "slab.data", slab, format="lammps-data", specorder=SPECIES, units="metal",
-                 atom_style="atomic")
+    ase.io.write(
+        tmp_path / "slab.data", slab, format="lammps-data", specorder=SPECIES, units="metal", atom_style="atomic"
+    )
     ref = calc_results(trained_model, slab)  # pbc (T, T, F): boundary p p m
     runs = {}
     for dt_fs, steps in ((1.0, 2000), (0.5, 1000)):
         work = tmp_path / f"dt{dt_fs}"
         work.mkdir()
         (work / "slab.data").write_bytes((tmp_path / "slab.data").read_bytes())
-        stdout = ok(lammps_run(work, nve_slab_deck(plugin_path, trained_model, evaporators, dt_fs, steps, 35.0),
-                               plugin_path))
+        stdout = ok(
+            lammps_run(work, nve_slab_deck(plugin_path, trained_model, evaporators, dt_fs, steps, 35.0), plugin_path)
+        )
         rows = parse_thermo(stdout)
         assert len(rows) == int(steps * dt_fs) + 1
-        runs[dt_fs] = (np.array([r["Time"] for r in rows]), np.array([r["TotEng"] for r in rows]),
-                       rows, read_dump(work / "slab.dump"))
+        runs[dt_fs] = (
+            np.array([r["Time"] for r in rows]),
+            np.array([r["TotEng"] for r in rows]),
+            rows,
+            read_dump(work / "slab.dump"),
+        )
 
     t1, e1, rows1, dump1 = runs[1.0]
     t2, e2, _, _ = runs[0.5]
@@ -463,7 +500,7 @@ def test_nve_slab_with_evaporating_atoms(trained_model, plugin_path, tmp_path):
     assert np.abs(dev).max() < 1e-4, np.abs(dev).max()
     slope = np.polyfit(t1, e1 / n, 1)[0]  # eV/atom/ps
     assert abs(slope * t1[-1]) < 1e-5, slope
-    assert abs(dev[len(dev) // 2:].mean() - dev[: len(dev) // 2].mean()) < 1e-5
+    assert abs(dev[len(dev) // 2 :].mean() - dev[: len(dev) // 2].mean()) < 1e-5
 
     # Verlet: fluctuation ~ dt^2, over the same 0.5 ps (which includes the evaporation),
     # sampled at the same times (every fs)

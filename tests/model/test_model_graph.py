@@ -1,5 +1,6 @@
 """Graph building (neighbour lists with periodic shifts) and batching, checked against
 ase.neighborlist, and the LAMMPS-style evaluation with ghost atoms and n_local."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -8,43 +9,72 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.neighborlist import neighbor_list
+from model_utils import (
+    R_MAX,
+    SPECIES,
+    evaluate,
+    fcc_cu,
+    make_model,
+    molecule,
+    one_thread,  # noqa: F401  (autouse fixture: one intra-op thread)
+    rel_err,
+    triclinic_cell,
+)
 
 from forcefield.data.graph import atoms_to_graph, collate
-from model_utils import R_MAX, SPECIES, evaluate, fcc_cu, make_model, molecule, rel_err, triclinic_cell
-from model_utils import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 
 def _structures():
     rng = np.random.default_rng(7)
     tiny = Atoms("Cu", positions=[[0.1, 0.2, 0.3]], cell=[2.3, 2.5, 2.4], pbc=True)
-    skewed = Atoms("CuAu", positions=[[0, 0, 0], [1.1, 0.9, 1.3]],
-                   cell=[[2.6, 0, 0], [2.2, 2.0, 0], [-1.5, 1.1, 2.7]], pbc=True)  # very oblique
-    slab = Atoms("CuCuAu", positions=rng.random((3, 3)) * 3 + [0, 0, 5],
-                 cell=[[3.1, 0, 0], [0.9, 2.9, 0], [0, 0, 15.0]], pbc=[True, True, False])
-    wire = Atoms("CuO", positions=[[0, 0, 0], [1.0, 1.2, 0.8]], cell=[[20, 0, 0], [0, 20, 0], [0, 0, 2.9]],
-                 pbc=[False, False, True])
+    skewed = Atoms(
+        "CuAu", positions=[[0, 0, 0], [1.1, 0.9, 1.3]], cell=[[2.6, 0, 0], [2.2, 2.0, 0], [-1.5, 1.1, 2.7]], pbc=True
+    )  # very oblique
+    slab = Atoms(
+        "CuCuAu",
+        positions=rng.random((3, 3)) * 3 + [0, 0, 5],
+        cell=[[3.1, 0, 0], [0.9, 2.9, 0], [0, 0, 15.0]],
+        pbc=[True, True, False],
+    )
+    wire = Atoms(
+        "CuO",
+        positions=[[0, 0, 0], [1.0, 1.2, 0.8]],
+        cell=[[20, 0, 0], [0, 20, 0], [0, 0, 2.9]],
+        pbc=[False, False, True],
+    )
     # periodic in-plane only, with a zero third cell vector (as ase.build surfaces without vacuum)
-    slab0 = Atoms("CuCu", positions=[[0, 0, 0], [1.3, 0.7, 1.8]],
-                  cell=[[2.6, 0, 0], [1.3, 2.25, 0], [0, 0, 0]], pbc=[True, True, False])
-    chain = Atoms("AuAu", positions=[[0, 0, 0], [1.4, 0.3, 0.1]], cell=[[2.7, 0, 0], [0, 0, 0], [0, 0, 0]],
-                  pbc=[True, False, False])
+    slab0 = Atoms(
+        "CuCu",
+        positions=[[0, 0, 0], [1.3, 0.7, 1.8]],
+        cell=[[2.6, 0, 0], [1.3, 2.25, 0], [0, 0, 0]],
+        pbc=[True, True, False],
+    )
+    chain = Atoms(
+        "AuAu",
+        positions=[[0, 0, 0], [1.4, 0.3, 0.1]],
+        cell=[[2.7, 0, 0], [0, 0, 0], [0, 0, 0]],
+        pbc=[True, False, False],
+    )
     return {
         "tiny_cubic_1atom": tiny,
         "slab_zero_c_vector": slab0,
-        "chain_only_a_vector": chain,                       # cell < r_max: dozens of self-images
+        "chain_only_a_vector": chain,  # cell < r_max: dozens of self-images
         "skewed_triclinic": skewed,
         "triclinic": triclinic_cell(),
         "fcc_primitive": fcc_cu(3.61),
         "slab_pbc_TTF": slab,
         "wire_pbc_FFT": wire,
         "molecule": molecule(),
-        "molecule_in_unused_cell": Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]], cell=[50, 50, 50],
-                                         pbc=False),
+        "molecule_in_unused_cell": Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]], cell=[50, 50, 50], pbc=False),
         "single_atom": Atoms("H", positions=[[1.0, 2.0, 3.0]]),
         "single_atom_periodic_big": Atoms("Au", positions=[[1.0, 2.0, 3.0]], cell=[11, 12, 13], pbc=True),
         "no_neighbours": Atoms("HCO", positions=[[0, 0, 0], [6, 0, 0], [0, 7, 0]]),
-        "unwrapped_positions": Atoms("CuAu", positions=[[-3.0, 8.2, 1.0], [14.1, -0.5, 2.2]],
-                                     cell=[[3.6, 0, 0], [1.0, 3.4, 0], [0.5, 0.3, 3.7]], pbc=True),
+        "unwrapped_positions": Atoms(
+            "CuAu",
+            positions=[[-3.0, 8.2, 1.0], [14.1, -0.5, 2.2]],
+            cell=[[3.6, 0, 0], [1.0, 3.4, 0], [0.5, 0.3, 3.7]],
+            pbc=True,
+        ),
     }
 
 
@@ -102,8 +132,8 @@ def test_batch_equals_one_by_one(model):
         assert rel_err(batched["energy"][k], single["energy"][0]) < 1e-12
         # (forces that vanish by symmetry are ~1e-17 with different roundoff: compare to the
         # largest force of the batch)
-        assert np.max(np.abs(batched["forces"][offset:offset + n] - single["forces"])) < 1e-12 * f_scale
-        assert rel_err(batched["node_energy"][offset:offset + n], single["node_energy"]) < 1e-12
+        assert np.max(np.abs(batched["forces"][offset : offset + n] - single["forces"])) < 1e-12 * f_scale
+        assert rel_err(batched["node_energy"][offset : offset + n], single["node_energy"]) < 1e-12
         offset += n
     assert offset == len(batched["forces"])
 
@@ -157,14 +187,24 @@ def test_ghost_atoms_with_n_local(model):
     ghost forces folded back: the periodic energy, forces and virial (the n_local path
     evaluates only the edges each block needs)."""
     import torch
+
     atoms = triclinic_cell()
     ref = evaluate(model, atoms, virial=True)
     cluster, owner = _with_ghosts(atoms, model.num_layers * model.r_max + 0.5)
     n = len(atoms)
     g = atoms_to_graph(cluster, model.species, model.r_max)
     b = collate([g], dtype=model.dtype)
-    out = model(b["pos"], b["species"], b["edge_index"], b["shifts"], b["batch"], 1, n_local=n,
-                compute_forces=True, compute_virial=True)
+    out = model(
+        b["pos"],
+        b["species"],
+        b["edge_index"],
+        b["shifts"],
+        b["batch"],
+        1,
+        n_local=n,
+        compute_forces=True,
+        compute_virial=True,
+    )
     assert rel_err(out["energy"].detach().numpy(), ref["energy"]) < 1e-10
     assert rel_err(out["node_energy"][:n].detach().numpy(), ref["node_energy"]) < 1e-10
     folded = np.zeros((n, 3))
@@ -173,7 +213,6 @@ def test_ghost_atoms_with_n_local(model):
     stress = -out["virial"][0].detach().numpy() / atoms.get_volume()
     assert rel_err(stress, ref["stress"][0]) < 1e-10
     # the unpruned evaluation of the same cluster gives the same local energies
-    full = model(b["pos"], b["species"], b["edge_index"], b["shifts"], b["batch"], 1,
-                 compute_forces=False)
+    full = model(b["pos"], b["species"], b["edge_index"], b["shifts"], b["batch"], 1, compute_forces=False)
     assert rel_err(full["node_energy"][:n].detach().numpy(), ref["node_energy"]) < 1e-10
     assert torch.is_tensor(out["switch"])

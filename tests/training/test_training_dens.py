@@ -1,11 +1,14 @@
 """DeNS (docs/design.md, section "DeNS"): corruption, the batch it produces, which atoms each loss term sees,
 equivariance of the force encoding and of the noise head, and DeNS off == plain training."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 from e3nn import o3
+from model_utils import randomize
+from training_helpers import SPECIES, TINY_MODEL, ethanol_graphs, tiny_config, write_ethanol
 
 from forcefield.data.graph import collate, neighbour_list
 from forcefield.model.forcefield import ForceField
@@ -14,20 +17,10 @@ from forcefield.training.config import DensConfig, load_config
 from forcefield.training.dens import ForceEncoder, NoiseHead, corrupt
 from forcefield.training.loss import batch_loss
 from forcefield.training.trainer import Trainer
-from model_utils import randomize
-from training_helpers import SPECIES, TINY_MODEL, ethanol_graphs, tiny_config, write_ethanol
 
 R_MAX = TINY_MODEL["r_max"]
 F64 = torch.float64
 WEIGHTS = {"energy": 1.0, "forces": 10.0, "stress": 1.0}
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    """training.num_threads sets torch's global thread count: give other modules theirs back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
 
 
 def loss(model, batch, encoder=None, head=None, coefficient=5.0):
@@ -53,8 +46,17 @@ def dens_modules(model: ForceField, seed: int = 1):
 
 
 def dens_batch(graphs, seed: int = 1, **dens) -> dict:
-    cfg = DensConfig(**{"enabled": True, "energy_loss": True, "uncorrupted_force_loss": True,
-                        "prob": 1.0, "corrupt_ratio": 0.3, "std": 0.05, **dens})
+    cfg = DensConfig(
+        **{
+            "enabled": True,
+            "energy_loss": True,
+            "uncorrupted_force_loss": True,
+            "prob": 1.0,
+            "corrupt_ratio": 0.3,
+            "std": 0.05,
+            **dens,
+        }
+    )
     return make_batch(graphs, SPECIES, R_MAX, F64, "cpu", np.random.default_rng(seed), cfg)
 
 
@@ -65,15 +67,16 @@ def graphs():
 
 # ----------------------------------------------------------------- corrupt()
 
+
 def test_corrupt_at_least_one_atom_never_all_unless_ratio_one():
     rng = np.random.default_rng(0)
     for _ in range(300):
-        assert corrupt(9, rng, 1e-9, 0.05).mask.sum() == 1          # at least one
-        assert 1 <= corrupt(3, rng, 0.999, 0.05).mask.sum() <= 2    # not all
+        assert corrupt(9, rng, 1e-9, 0.05).mask.sum() == 1  # at least one
+        assert 1 <= corrupt(3, rng, 0.999, 0.05).mask.sum() <= 2  # not all
         assert 1 <= corrupt(2, rng, 0.5, 0.05).mask.sum() == 1
         assert 1 <= corrupt(9, rng, 0.25, 0.05).mask.sum() <= 8
-    assert corrupt(7, rng, 1.0, 0.05).mask.all()                    # all only for ratio 1
-    assert corrupt(1, rng, 0.25, 0.05).mask.tolist() == [True]     # a single atom is the one
+    assert corrupt(7, rng, 1.0, 0.05).mask.all()  # all only for ratio 1
+    assert corrupt(1, rng, 0.25, 0.05).mask.tolist() == [True]  # a single atom is the one
 
 
 def test_corrupt_noise_statistics():
@@ -94,6 +97,7 @@ def test_corrupt_noise_statistics():
 
 
 # ----------------------------------------------------------------- the batch
+
 
 def test_only_corrupted_atoms_move(graphs):
     before = [g.positions.copy() for g in graphs]
@@ -119,7 +123,7 @@ def test_only_corrupted_atoms_move(graphs):
     offsets = np.cumsum([0] + [g.num_atoms for g in graphs])
     edges = []
     for k, g in enumerate(graphs):
-        ei, _ = neighbour_list(pos[offsets[k]:offsets[k + 1]], g.cell, g.pbc, R_MAX)
+        ei, _ = neighbour_list(pos[offsets[k] : offsets[k + 1]], g.cell, g.pbc, R_MAX)
         edges += [tuple(e) for e in (ei + offsets[k]).T]
     assert sorted(edges) == sorted(tuple(e) for e in batch["edge_index"].numpy().T)
 
@@ -133,7 +137,7 @@ def test_dens_fraction_and_regime_masks(graphs):
     is_dens_atom = dens_graph[atom_graph]
     orig = np.concatenate([g.positions for g in many])
     moved = np.any(batch["pos"].numpy() != orig, axis=1)
-    assert not moved[~is_dens_atom].any()                    # other structures untouched
+    assert not moved[~is_dens_atom].any()  # other structures untouched
     assert np.array_equal(moved, batch["noise_mask"].numpy())
     # denoising-only regime: no force loss on any atom of a DeNS sample, no energy loss for it
     assert np.array_equal(batch["force_mask"].numpy(), ~is_dens_atom)
@@ -145,6 +149,7 @@ def test_dens_fraction_and_regime_masks(graphs):
 
 
 # ----------------------------------------------------------------- the loss terms
+
 
 def test_noise_loss_sees_only_corrupted_atoms(graphs):
     model = tiny_model()
@@ -230,6 +235,7 @@ def test_dens_loss_trains_encoder_and_head(graphs):
 
 # ----------------------------------------------------------------- equivariance
 
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach(), b.detach()
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
@@ -247,7 +253,7 @@ def test_force_encoder_equivariant(improper):
     encoder, _ = dens_modules(model)
     torch.manual_seed(3)
     f = torch.randn(11, 3, dtype=F64)
-    f[4] = 0.0                                  # a zero force gives a zero (finite) encoding
+    f[4] = 0.0  # a zero force gives a zero (finite) encoding
     mask = torch.tensor([True, False] * 5 + [True])
     R = _random_rotation(7, improper)
     # e3nn's D_from_matrix goes through Euler angles and is accurate to ~1e-7 only
@@ -290,6 +296,7 @@ def test_dens_forward_invariant_energy_equivariant_noise(graphs, improper):
 
 # ----------------------------------------------------------------- DeNS off
 
+
 def test_dens_disabled_equals_plain_training(graphs):
     model = tiny_model()
     encoder, head = dens_modules(model)
@@ -297,12 +304,21 @@ def test_dens_disabled_equals_plain_training(graphs):
     ref, ref_parts, _ = loss(model, plain)
     assert set(ref_parts) == {"energy", "forces"}
     for batch, enc, hd in (
-            (make_batch(graphs, SPECIES, R_MAX, F64, "cpu", np.random.default_rng(0), DensConfig(enabled=False)),
-             None, None),
-            (make_batch(graphs, SPECIES, R_MAX, F64, "cpu"), None, None),
-            # DeNS on but no structure selected: the encoder and head are never used
-            (make_batch(graphs, SPECIES, R_MAX, F64, "cpu", np.random.default_rng(0), DensConfig(enabled=True, prob=0.0)),
-             encoder, head)):
+        (
+            make_batch(graphs, SPECIES, R_MAX, F64, "cpu", np.random.default_rng(0), DensConfig(enabled=False)),
+            None,
+            None,
+        ),
+        (make_batch(graphs, SPECIES, R_MAX, F64, "cpu"), None, None),
+        # DeNS on but no structure selected: the encoder and head are never used
+        (
+            make_batch(
+                graphs, SPECIES, R_MAX, F64, "cpu", np.random.default_rng(0), DensConfig(enabled=True, prob=0.0)
+            ),
+            encoder,
+            head,
+        ),
+    ):
         value, parts, _ = loss(model, batch, enc, hd)
         assert float(value.detach()) == float(ref.detach())
         assert parts == ref_parts

@@ -1,9 +1,8 @@
 """The isolation switch and the cutoff: isolated atoms give exactly E0 and no force, pulling
 atoms apart is continuous in energy and force and ends exactly at the sum of E0, and
 condensed matter / molecules are untouched by the switch (s_i = 1 exactly)."""
-from __future__ import annotations
 
-from pathlib import Path
+from __future__ import annotations
 
 import numpy as np
 import pytest
@@ -11,12 +10,18 @@ import torch
 from ase import Atoms
 from ase.cluster import Icosahedron
 from ase.io import read
+from model_utils import (
+    R_MAX,
+    evaluate,
+    fcc_cu,
+    make_model,
+    one_thread,  # noqa: F401  (autouse fixture: one intra-op thread)
+)
+from paths import DATASETS
 
 from forcefield import ForceFieldCalculator
-from model_utils import R_MAX, evaluate, fcc_cu, make_model
-from model_utils import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
-ETHANOL = Path(__file__).resolve().parent / "data/ethanol/train.xyz"
+ETHANOL = DATASETS / "ethanol" / "train.xyz"
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +39,11 @@ def test_isolated_atom_is_e0(model, symbol):
     e0 = _e0(model, symbol)
     # the random shift differs from E0: the switch, not a coincidence, gives E0
     assert abs(float(model.shift[model.species.index(symbol)]) - e0) > 1e-2
-    for atoms in (Atoms(symbol, positions=[[0.3, -1.0, 2.0]]),                      # molecule
-                  Atoms(symbol, positions=[[1.0, 2.0, 3.0]], cell=[11.0, 12.0, 13.0], pbc=True),
-                  Atoms(symbol, positions=[[0.0, 0.0, 0.0]], cell=[[10.5, 0, 0], [3.0, 10.2, 0],
-                                                                   [1.0, 2.0, 10.9]], pbc=True)):
+    for atoms in (
+        Atoms(symbol, positions=[[0.3, -1.0, 2.0]]),  # molecule
+        Atoms(symbol, positions=[[1.0, 2.0, 3.0]], cell=[11.0, 12.0, 13.0], pbc=True),
+        Atoms(symbol, positions=[[0.0, 0.0, 0.0]], cell=[[10.5, 0, 0], [3.0, 10.2, 0], [1.0, 2.0, 10.9]], pbc=True),
+    ):
         out = evaluate(model, atoms, virial=atoms.pbc.all())
         assert abs(out["energy"][0] - e0) <= 1e-12 * max(1.0, abs(e0))
         assert np.all(out["forces"] == 0.0)
@@ -72,7 +78,7 @@ def _assert_continuous(y: np.ndarray, what: str, atol: float):
     nb = np.zeros_like(d)
     for off in (-3, -2, 2, 3):
         lo, hi = max(0, -off), min(n, n - off)
-        nb[lo:hi] = np.maximum(nb[lo:hi], d[lo + off:hi + off])
+        nb[lo:hi] = np.maximum(nb[lo:hi], d[lo + off : hi + off])
     bad = d > 2.0 * nb + atol
     assert not bad.any(), f"{what} jumps at steps {np.nonzero(bad.any(axis=1))[0][:10]}"
 
@@ -85,7 +91,7 @@ def _assert_work_matches(e: np.ndarray, f_moving: np.ndarray, h: float):
 
 def _envelope(r, r_max=R_MAX, p=6):
     x = r / r_max
-    u = 1 - (p + 1) * (p + 2) / 2 * x ** p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
+    u = 1 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
     return np.where(x < 1, u, 0.0)
 
 
@@ -96,7 +102,7 @@ def _single_neighbour_d(r, tau):
 
 def _reference_switch(d, r_on, r_off):
     x = np.clip((d - r_on) / (r_off - r_on), 0.0, 1.0)
-    return 1 - x ** 3 * (10 - 15 * x + 6 * x ** 2)
+    return 1 - x**3 * (10 - 15 * x + 6 * x**2)
 
 
 def test_dimer_pulled_apart(model):
@@ -109,11 +115,11 @@ def test_dimer_pulled_apart(model):
     s = out["switch"].reshape(len(dimers), 2)
     e0_sum = _e0(model, "Cu") + _e0(model, "Au")
 
-    assert np.ptp(e) > 1e-2 and np.max(np.abs(f)) > 1e-2   # not vacuous
+    assert np.ptp(e) > 1e-2 and np.max(np.abs(f)) > 1e-2  # not vacuous
     _assert_continuous(e, "energy", 1e-12)
     _assert_continuous(f[:, 1, 0], "force", 1e-12)
     _assert_work_matches(e, f[:, 1, 0], h)
-    assert np.all(f[:, :, 1:] == 0.0)                    # along the bond only
+    assert np.all(f[:, :, 1:] == 0.0)  # along the bond only
     assert np.allclose(f[:, 0], -f[:, 1], rtol=0, atol=1e-12)
     # the switch against an independent evaluation of docs/design.md, section "Isolation switch",
     # for one neighbour:
@@ -145,7 +151,7 @@ def test_atom_pulled_out_of_cu13(model):
     k = 1
     direction = (cluster.positions[k] - centre) / np.linalg.norm(cluster.positions[k] - centre)
     r0 = np.linalg.norm(cluster.positions[k] - centre)
-    h = 2e-3   # 2800 frames of 13 atoms (the dimer test uses 1e-3 Å)
+    h = 2e-3  # 2800 frames of 13 atoms (the dimer test uses 1e-3 Å)
     radii = np.arange(r0, r0 + R_MAX + 0.6, h)
     frames = []
     for r in radii:
@@ -154,10 +160,10 @@ def test_atom_pulled_out_of_cu13(model):
         frames.append(a)
     e, f_along, s_moving = [], [], []
     for start in range(0, len(frames), 600):
-        out = evaluate(model, frames[start:start + 600])
+        out = evaluate(model, frames[start : start + 600])
         e.append(out["energy"])
         forces = out["forces"].reshape(-1, 13, 3)
-        f_along.append(forces @ direction)            # (B, 13) projection on the pull direction
+        f_along.append(forces @ direction)  # (B, 13) projection on the pull direction
         s_moving.append(out["switch"].reshape(-1, 13)[:, k])
     e, f_along, s_moving = np.concatenate(e), np.concatenate(f_along), np.concatenate(s_moving)
 
@@ -169,8 +175,9 @@ def test_atom_pulled_out_of_cu13(model):
     rest = cluster.copy()
     del rest[k]
     e_rest = evaluate(model, rest)["energy"][0]
-    min_dist = np.array([np.min(np.linalg.norm(np.delete(fr.positions, k, 0) - fr.positions[k], axis=1))
-                         for fr in frames])
+    min_dist = np.array(
+        [np.min(np.linalg.norm(np.delete(fr.positions, k, 0) - fr.positions[k], axis=1)) for fr in frames]
+    )
     far = min_dist >= R_MAX
     assert far.sum() > 20
     e_sep = e_rest + _e0(model, "Cu")
@@ -202,7 +209,7 @@ def test_continuity_checks_catch_a_hard_cutoff(model, monkeypatch):
     _assert_continuous(e, "energy", 1e-12)
     with pytest.raises(AssertionError, match="force jumps"):
         _assert_continuous(-np.cos(x) - 1e-2 * (x > 0.5), "force", 1e-12)
-    with pytest.raises(AssertionError, match="force jumps"):   # also when spread over 2 steps
+    with pytest.raises(AssertionError, match="force jumps"):  # also when spread over 2 steps
         _assert_continuous(-np.gradient(e, h), "force", 1e-12)
 
 

@@ -10,14 +10,14 @@ import pytest
 from ase import Atoms
 from ase.calculators.emt import EMT
 
+from forcefield.data.frames import is_isolated_atom, read_frames
+from forcefield.data.split import extract_e0
 from forcefield.demo import (
     DIMER_DISTANCE_RANGE,
     dimer_curve,
     generate_demo_dataset,
     isolated_atom_energy,
 )
-from forcefield.data.frames import is_isolated_atom, read_frames
-from forcefield.data.split import extract_e0
 from forcefield.errors import InputError
 
 CONFIG_TYPES = {"bulk", "vacancy", "surface", "adatom", "cluster", "dimer", "isolated_atom"}

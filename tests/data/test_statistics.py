@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from ase.build import bulk, fcc111
-from ase.neighborlist import neighbor_list
+from paths import DATASETS
 
 from forcefield.data.frames import Frame, read_frames
 from forcefield.data.split import extract_e0, train_valid_split
@@ -20,7 +18,7 @@ from forcefield.data.statistics import (
 )
 from forcefield.errors import InputError
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = DATASETS
 ETHANOL = DATA / "ethanol" / "train.xyz"
 SILICON = DATA / "silicon" / "train.xyz"
 
@@ -31,8 +29,16 @@ def _frame(symbols, energy=None, forces=None, positions=None, source=""):
     n = len(symbols)
     if positions is None:
         positions = np.arange(3 * n, dtype=float).reshape(n, 3)
-    return Frame(numbers=[Z[s] for s in symbols], positions=positions, cell=np.zeros((3, 3)),
-                 pbc=[False] * 3, energy=energy, forces=forces, stress=None, source=source)
+    return Frame(
+        numbers=[Z[s] for s in symbols],
+        positions=positions,
+        cell=np.zeros((3, 3)),
+        pbc=[False] * 3,
+        energy=energy,
+        forces=forces,
+        stress=None,
+        source=source,
+    )
 
 
 def _synthetic(mu, n_frames, rng, noise=0.0, max_count=6):

@@ -2,6 +2,7 @@
 export_model, saved and loaded in a fresh Python process, give the eager energy, per-atom
 energies, forces and virial to 1e-10 (float64); the ASE calculator on the exported file
 agrees with the eager calculator."""
+
 from __future__ import annotations
 
 import os
@@ -13,12 +14,17 @@ import numpy as np
 import pytest
 import torch
 from e3nn.util.jit import script
+from model_utils import (
+    make_model,
+    molecule,
+    one_thread,  # noqa: F401  (autouse fixture: one intra-op thread)
+    rel_err,
+    triclinic_cell,
+)
 
 from forcefield import ForceFieldCalculator
 from forcefield.data.graph import atoms_to_graph, collate
 from forcefield.export.torchscript import export_model, load_exported
-from model_utils import make_model, molecule, rel_err, triclinic_cell
-from model_utils import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
 
 TOL = 1e-10
 
@@ -35,8 +41,9 @@ def _inputs(model, atoms):
 
 
 def _eager(model, inp):
-    out = model(inp["pos"], inp["species"], inp["edge_index"], inp["shifts"], inp["batch"], 1,
-                -1, True, True, False, None)
+    out = model(
+        inp["pos"], inp["species"], inp["edge_index"], inp["shifts"], inp["batch"], 1, -1, True, True, False, None
+    )
     return {k: out[k].detach() for k in ("energy", "node_energy", "forces", "virial")}
 
 
@@ -73,8 +80,9 @@ def test_scripted_and_exported_match_eager_in_fresh_process(model, tmp_path):
     scripted = script(model)
     # in this process first
     for inp, ref in zip(inputs, eager):
-        out = scripted(inp["pos"], inp["species"], inp["edge_index"], inp["shifts"], inp["batch"], 1,
-                       -1, True, True, False, None)
+        out = scripted(
+            inp["pos"], inp["species"], inp["edge_index"], inp["shifts"], inp["batch"], 1, -1, True, True, False, None
+        )
         for k in ref:
             assert rel_err(out[k].detach().numpy(), ref[k].numpy()) < TOL, k
     scripted_path = tmp_path / "scripted.pt"
@@ -84,9 +92,13 @@ def test_scripted_and_exported_match_eager_in_fresh_process(model, tmp_path):
     torch.save(inputs, inputs_path)
     script_file = tmp_path / "fresh.py"
     script_file.write_text(FRESH_PROCESS)
-    proc = subprocess.run([sys.executable, str(script_file), str(scripted_path), str(export_path),
-                           str(inputs_path), str(out_path)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, str(script_file), str(scripted_path), str(export_path), str(inputs_path), str(out_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = torch.load(out_path)
 

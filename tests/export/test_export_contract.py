@@ -10,17 +10,15 @@ those two constants and nothing hard-coded beside them. A version bump or a key 
 dropped or renamed on one side only fails here; ``test_mismatches_are_detected`` shows
 that the comparison does fail on such edits.
 """
+
 from __future__ import annotations
 
 import re
 import sys
 import zipfile
-from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from forcefield.export.plugin import SOURCE_DIR  # noqa: E402
 from forcefield.export.torchscript import FORMAT_VERSION, METADATA_KEYS  # noqa: E402
@@ -28,7 +26,9 @@ from forcefield.export.torchscript import FORMAT_VERSION, METADATA_KEYS  # noqa:
 CPP_READER = "pair_forcefield.cpp"  # the file whose load_model() reads the export
 
 _TOKEN = re.compile(r'("(?:\\.|[^"\\\n])*")|//[^\n]*|/\*.*?\*/', re.S)
-_VERSION_DEF = re.compile(r"\b(?:static\s+)?(?:inline\s+)?constexpr\s+(?:int|long|unsigned)\s+FORMAT_VERSION\s*=\s*(\d+)\s*;")
+_VERSION_DEF = re.compile(
+    r"\b(?:static\s+)?(?:inline\s+)?constexpr\s+(?:int|long|unsigned)\s+FORMAT_VERSION\s*=\s*(\d+)\s*;"
+)
 _KEYS_DEF = re.compile(r"\bMETADATA_KEYS\s*(?:\[[^\]]*\])?\s*=?\s*\{([^{}]*)\}\s*;")
 _STRING = re.compile(r'"((?:\\.|[^"\\])*)"')
 
@@ -75,27 +75,30 @@ def contract_mismatches(sources: dict, py_version: int, py_keys: Sequence[str]) 
         if len(set(cpp_keys)) != len(cpp_keys):
             problems.append(f"C++ METADATA_KEYS has duplicates: {cpp_keys}")
         if tuple(cpp_keys) != tuple(py_keys):
-            problems.append(f"metadata keys: C++ requires {list(cpp_keys)}, Python writes {list(py_keys)} "
-                            f"(only in C++: {sorted(set(cpp_keys) - set(py_keys))}, "
-                            f"only in Python: {sorted(set(py_keys) - set(cpp_keys))})")
+            problems.append(
+                f"metadata keys: C++ requires {list(cpp_keys)}, Python writes {list(py_keys)} "
+                f"(only in C++: {sorted(set(cpp_keys) - set(py_keys))}, "
+                f"only in Python: {sorted(set(py_keys) - set(cpp_keys))})"
+            )
 
     reader = sources.get(CPP_READER, "")
     # the reader fills the extra-files map from METADATA_KEYS, checks every key is
     # present, and compares format_version with FORMAT_VERSION
     if len(re.findall(r"\bfor\s*\([^;)]*:\s*METADATA_KEYS\s*\)", reader)) < 2:
         problems.append(f"{CPP_READER} does not loop over METADATA_KEYS to request and check the keys")
-    if not re.search(r"!=\s*std::to_string\(\s*FORMAT_VERSION\s*\)|std::to_string\(\s*FORMAT_VERSION\s*\)\s*!=",
-                     reader):
+    if not re.search(
+        r"!=\s*std::to_string\(\s*FORMAT_VERSION\s*\)|std::to_string\(\s*FORMAT_VERSION\s*\)\s*!=", reader
+    ):
         problems.append(f"{CPP_READER} does not compare the file's format_version with FORMAT_VERSION")
     # no metadata key read by name outside the contract, no version number hard-coded
     read = set(re.findall(r'\bextra\s*\[\s*"([^"]*)"\s*\]', reader))
     if not read:
-        problems.append(f"{CPP_READER} reads no metadata as extra[\"key\"]: update this test with the reader")
+        problems.append(f'{CPP_READER} reads no metadata as extra["key"]: update this test with the reader')
     outside = sorted(read - set(py_keys))
     if outside:
         problems.append(f"{CPP_READER} reads metadata keys the exporter does not write: {outside}")
     for name, text in sources.items():
-        for m in re.finditer(r'format_version\W{0,3}\d', text):
+        for m in re.finditer(r"format_version\W{0,3}\d", text):
             problems.append(f"{name}: hard-coded format version {m.group(0)!r} (use FORMAT_VERSION)")
     return problems
 
@@ -134,27 +137,39 @@ def test_mismatches_are_detected():
     cpp_version = f"FORMAT_VERSION = {FORMAT_VERSION};"
     first, last = f'"{METADATA_KEYS[0]}"', f'"{METADATA_KEYS[-1]}"'
     cases = {
-        "C++ version bumped": (_edit(sources, cpp_version, f"FORMAT_VERSION = {FORMAT_VERSION + 1};"),
-                               FORMAT_VERSION, METADATA_KEYS),
+        "C++ version bumped": (
+            _edit(sources, cpp_version, f"FORMAT_VERSION = {FORMAT_VERSION + 1};"),
+            FORMAT_VERSION,
+            METADATA_KEYS,
+        ),
         "Python version bumped": (sources, FORMAT_VERSION + 1, METADATA_KEYS),
         "key added in Python": (sources, FORMAT_VERSION, tuple(METADATA_KEYS) + ("charges",)),
         "key dropped in Python": (sources, FORMAT_VERSION, tuple(METADATA_KEYS)[:-1]),
         "key renamed in C++": (_edit(sources, last, '"meta.json"'), FORMAT_VERSION, METADATA_KEYS),
         "key dropped in C++": (_edit(sources, first + ", ", ""), FORMAT_VERSION, METADATA_KEYS),
         "version hard-coded in C++": (
-            _edit(sources, "std::to_string(FORMAT_VERSION)", '"1"'), FORMAT_VERSION, METADATA_KEYS),
+            _edit(sources, "std::to_string(FORMAT_VERSION)", '"1"'),
+            FORMAT_VERSION,
+            METADATA_KEYS,
+        ),
         "C++ reads an unlisted key": (
             {**sources, CPP_READER: sources[CPP_READER] + '\nauto q = extra["charges"];\n'},
-            FORMAT_VERSION, METADATA_KEYS),
+            FORMAT_VERSION,
+            METADATA_KEYS,
+        ),
         "second C++ definition": (
             {**sources, "extra.h": f"static constexpr int FORMAT_VERSION = {FORMAT_VERSION};"},
-            FORMAT_VERSION, METADATA_KEYS),
+            FORMAT_VERSION,
+            METADATA_KEYS,
+        ),
     }
     for what, (src, version, keys) in cases.items():
         assert contract_mismatches(src, version, keys), f"not detected: {what}"
     # comments do not count: a commented-out definition is not a definition
-    commented = {**sources, "old.h": f"// static constexpr int FORMAT_VERSION = {FORMAT_VERSION + 7};\n"
-                                     f"/* METADATA_KEYS[] = {{\"x\"}}; */\n"}
+    commented = {
+        **sources,
+        "old.h": f'// static constexpr int FORMAT_VERSION = {FORMAT_VERSION + 7};\n/* METADATA_KEYS[] = {{"x"}}; */\n',
+    }
     assert contract_mismatches(commented, FORMAT_VERSION, METADATA_KEYS) == []
 
 

@@ -1,12 +1,20 @@
 """Forces and stress are the derivatives of the energy (finite differences, float64), and
 the energy is extensive over a supercell of the 1-atom FCC primitive cell."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from model_utils import energy_of, evaluate, fcc_cu, make_model, molecule, rel_err, triclinic_cell
-from model_utils import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
+from model_utils import (
+    energy_of,
+    evaluate,
+    fcc_cu,
+    make_model,
+    molecule,
+    one_thread,  # noqa: F401  (autouse fixture: one intra-op thread)
+    rel_err,
+    triclinic_cell,
+)
 
 H = 1e-5
 
@@ -46,8 +54,9 @@ def _strained(atoms, eps):
     return a
 
 
-@pytest.mark.parametrize("make", [triclinic_cell, lambda: fcc_cu(a=3.5, repeat=(2, 1, 1)).copy()],
-                         ids=["triclinic", "fcc_2x1x1"])
+@pytest.mark.parametrize(
+    "make", [triclinic_cell, lambda: fcc_cu(a=3.5, repeat=(2, 1, 1)).copy()], ids=["triclinic", "fcc_2x1x1"]
+)
 def test_stress_is_strain_derivative(model, make):
     """ASE convention: stress = (1/V) dE/d(eps), eps a symmetric strain of cell and positions."""
     atoms = make()
@@ -63,7 +72,7 @@ def test_stress_is_strain_derivative(model, make):
             eps[j, i] += sign * H / 2
             structures.append(_strained(atoms, eps))
     e = _energies(model, structures).reshape(6, 2)
-    de = (e[:, 0] - e[:, 1]) / (2 * H)   # derivative along the symmetric direction
+    de = (e[:, 0] - e[:, 1]) / (2 * H)  # derivative along the symmetric direction
     fd = np.zeros((3, 3))
     for (i, j), d in zip(pairs, de):
         # the direction (e_ij + e_ji)/2 gives (s_ij + s_ji)/2 * V = s_ij * V
@@ -73,6 +82,7 @@ def test_stress_is_strain_derivative(model, make):
     # symmetric, and equal to what the ASE calculator reports (Voigt order)
     assert np.array_equal(stress, stress.T)
     from forcefield import ForceFieldCalculator
+
     atoms.calc = ForceFieldCalculator(model)
     voigt = atoms.get_stress()
     assert rel_err(voigt, stress.flat[[0, 4, 8, 5, 2, 1]]) < 1e-12

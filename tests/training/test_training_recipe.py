@@ -1,24 +1,18 @@
 """The training recipe: warm-up, step-counted plateau schedule with a floor, early stopping,
 the final stage, and max_time cutting an epoch short (resumable, not recorded as an epoch)."""
+
 from __future__ import annotations
 
 import csv
 
 import pytest
 import torch
+from training_helpers import tiny_config, write_ethanol
 
 from forcefield.model.serialization import read_checkpoint
 from forcefield.training.config import load_config
 from forcefield.training.schedule import Schedule
 from forcefield.training.trainer import Trainer
-from training_helpers import tiny_config, write_ethanol
-
-
-@pytest.fixture(autouse=True)
-def restore_threads():
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
 
 
 def _training(**over):
@@ -34,8 +28,14 @@ def test_warmup_is_linear_then_flat():
 
 
 def test_plateau_patience_counts_steps_and_stops_at_floor():
-    tr = _training(lr=0.01, warmup_steps=0, patience_steps=10, plateau_factor=0.5, lr_min_ratio=0.25,
-                   final_stage={"enabled": False})
+    tr = _training(
+        lr=0.01,
+        warmup_steps=0,
+        patience_steps=10,
+        plateau_factor=0.5,
+        lr_min_ratio=0.25,
+        final_stage={"enabled": False},
+    )
     s = Schedule(tr, steps_per_epoch=5)
     notes = []
     for epoch in range(20):
@@ -51,8 +51,14 @@ def test_plateau_patience_counts_steps_and_stops_at_floor():
 
 
 def test_final_stage_starts_at_budget_fraction_with_its_weights():
-    tr = _training(lr=0.01, warmup_steps=0, max_epochs=10, energy_weight=1.0, forces_weight=10.0,
-                   final_stage={"enabled": True, "start": 0.5, "energy_weight": 100.0, "lr": 0.001})
+    tr = _training(
+        lr=0.01,
+        warmup_steps=0,
+        max_epochs=10,
+        energy_weight=1.0,
+        forces_weight=10.0,
+        final_stage={"enabled": True, "start": 0.5, "energy_weight": 100.0, "lr": 0.001},
+    )
     s = Schedule(tr, steps_per_epoch=1)
     for epoch in range(5):
         s.after_step(0.0)
@@ -64,9 +70,21 @@ def test_final_stage_starts_at_budget_fraction_with_its_weights():
 
 def test_tiny_run_stops_early_and_records_why(tmp_path):
     train = write_ethanol(tmp_path / "train.xyz", n=8)
-    cfg = load_config(tiny_config(train, dens={"enabled": False}, training={
-        "max_epochs": 200, "batch_size": 3, "lr": 1e-7, "warmup_steps": 0, "patience_steps": 2,
-        "lr_min_ratio": 0.5, "final_stage": {"enabled": True, "start": 1.0}}))
+    cfg = load_config(
+        tiny_config(
+            train,
+            dens={"enabled": False},
+            training={
+                "max_epochs": 200,
+                "batch_size": 3,
+                "lr": 1e-7,
+                "warmup_steps": 0,
+                "patience_steps": 2,
+                "lr_min_ratio": 0.5,
+                "final_stage": {"enabled": True, "start": 1.0},
+            },
+        )
+    )
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
     trainer.run()
     assert trainer.epoch < 40
@@ -86,10 +104,17 @@ def _state(folder):
 
 def test_max_time_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     train = write_ethanol(tmp_path / "train.xyz", n=16)
-    base = {"max_epochs": 3, "batch_size": 2, "lr": 0.01, "warmup_steps": 3, "patience_steps": 4,
-            "final_stage": {"enabled": False}}
-    whole = Trainer(load_config(tiny_config(train, dens={"enabled": False}, training=base)),
-                    tmp_path / "whole", quiet=True)
+    base = {
+        "max_epochs": 3,
+        "batch_size": 2,
+        "lr": 0.01,
+        "warmup_steps": 3,
+        "patience_steps": 4,
+        "final_stage": {"enabled": False},
+    }
+    whole = Trainer(
+        load_config(tiny_config(train, dens={"enabled": False}, training=base)), tmp_path / "whole", quiet=True
+    )
     whole.run()
 
     cut_cfg = load_config(tiny_config(train, dens={"enabled": False}, training={**base, "max_time": 1e-3}))
@@ -101,8 +126,12 @@ def test_max_time_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     assert not (tmp_path / "cut" / "best.ckpt").exists()
     assert not (tmp_path / "cut" / "metrics.csv").exists()
 
-    resumed = Trainer(load_config(tiny_config(train, dens={"enabled": False}, training=base)),
-                      tmp_path / "cut", resume=True, quiet=True)
+    resumed = Trainer(
+        load_config(tiny_config(train, dens={"enabled": False}, training=base)),
+        tmp_path / "cut",
+        resume=True,
+        quiet=True,
+    )
     assert set(resumed.resume_changes) == {"training.max_time"}
     resumed.run()
     (a, rows_a), (b, rows_b) = _state(tmp_path / "whole"), _state(tmp_path / "cut")

@@ -15,24 +15,21 @@ saved by FORCEFIELD_DUMP_INPUTS show N nodes, the periodic graph's edges and lat
 shifts. mpirun -np 1, 2 and 4 agree, folded and unfolded, and no rank sends an image of
 an atom it owns.
 """
+
 from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import pytest
+import test_lammps_model as tlm  # noqa: E402
 import torch
 from ase import Atoms
 from ase.neighborlist import neighbor_list
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import test_lammps_model as tlm  # noqa: E402
-from test_lammps_model import bulk_case, plugin_path, random_models  # noqa: E402,F401  (fixtures)
+from test_lammps_model import bulk_case, random_models  # noqa: E402,F401  (fixtures)
 from toy_exported_model import write_lammps_data  # noqa: E402
 
 from forcefield.export.lammps_runner import parse_thermo  # noqa: E402
@@ -55,8 +52,9 @@ def _alloy(symbols_seed: int, n: int) -> List[str]:
     return symbols
 
 
-def _wrapped(frac: np.ndarray, cell: np.ndarray, pbc=(True, True, True), seed: int = 0,
-             rattle: float = 0.08) -> np.ndarray:
+def _wrapped(
+    frac: np.ndarray, cell: np.ndarray, pbc=(True, True, True), seed: int = 0, rattle: float = 0.08
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     pos = frac @ cell + rng.normal(scale=rattle, size=(len(frac), 3))
     f = np.linalg.solve(cell.T, pos.T).T
@@ -88,8 +86,14 @@ def slab_cell() -> Atoms:
     """Three (100) layers of 4 atoms, periodic in x and y (5.2 A), vacuum in z."""
     a = 3.7 / np.sqrt(2.0)
     cell = np.array([[2 * a, 0.0, 0.0], [0.0, 2 * a, 0.0], [0.0, 0.0, 16.0]])
-    pos = np.array([[(i + 0.5 * (k % 2)) * a, (j + 0.5 * (k % 2)) * a, 6.0 + 1.85 * k]
-                    for k in range(3) for i in range(2) for j in range(2)])
+    pos = np.array(
+        [
+            [(i + 0.5 * (k % 2)) * a, (j + 0.5 * (k % 2)) * a, 6.0 + 1.85 * k]
+            for k in range(3)
+            for i in range(2)
+            for j in range(2)
+        ]
+    )
     frac = np.linalg.solve(cell.T, pos.T).T
     pbc = (True, True, False)
     return Atoms(_alloy(3, len(pos)), positions=_wrapped(frac, cell, pbc, seed=3), cell=cell, pbc=pbc)
@@ -141,9 +145,18 @@ class Step0:
         return self.rows[:, 8]
 
 
-def run_step0(work: Path, data: Path, plugin: Path, model: Path, atoms: Atoms, fold: Optional[str] = None,
-              atom_map: bool = True, np_: int = 1, pair_extra: str = "",
-              extra_env: Optional[Dict[str, str]] = None) -> Step0:
+def run_step0(
+    work: Path,
+    data: Path,
+    plugin: Path,
+    model: Path,
+    atoms: Atoms,
+    fold: Optional[str] = None,
+    atom_map: bool = True,
+    np_: int = 1,
+    pair_extra: str = "",
+    extra_env: Optional[Dict[str, str]] = None,
+) -> Step0:
     """`run 0` of `atoms`; fold: FORCEFIELD_FOLD value (None: unset, the default)."""
     # lammps_run passes os.environ on: the default must not come from there
     assert fold is not None or "FORCEFIELD_FOLD" not in os.environ, "unset FORCEFIELD_FOLD for these tests"
@@ -248,8 +261,9 @@ def test_folded_inputs_are_the_periodic_graph(case_runs, random_models):  # noqa
         theirs_vec = atoms.positions[j_ref] - atoms.positions[i_ref] + s_ref @ cell
         sp = np.array([SPECIES.index(s) for s in atoms.get_chemical_symbols()])
         theirs = np.column_stack([sp[i_ref], sp[j_ref], theirs_vec])
-        np.testing.assert_allclose(ours[np.lexsort(ours.T[::-1])], theirs[np.lexsort(theirs.T[::-1])],
-                                   rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            ours[np.lexsort(ours.T[::-1])], theirs[np.lexsort(theirs.T[::-1])], rtol=0, atol=1e-9
+        )
         assert abs(float(module(pos, species, edge_index, shifts, n_local)[0]) - r.energy) < TOL
     # without folding the images are nodes, zero shifts
     pos, _, edge_index, shifts, n_local = runs["unfold"].inputs[0]
@@ -263,14 +277,16 @@ def test_fold_keyword_and_env(random_models, plugin_path, tmp_path):  # noqa: F8
     atoms = one_atom_cell()
     write_case(tmp_path, atoms)
     model = random_models["f64"]
-    r = run_step0(tmp_path / "kw", tmp_path / "data.lmp", plugin_path, model, atoms, fold="1",
-                  pair_extra="fold no")
+    r = run_step0(tmp_path / "kw", tmp_path / "data.lmp", plugin_path, model, atoms, fold="1", pair_extra="fold no")
     assert "fold no:" in r.stdout and r.inputs[0][0].shape[0] > 1
-    r = run_step0(tmp_path / "kw_yes", tmp_path / "data.lmp", plugin_path, model, atoms, fold="0",
-                  pair_extra="fold yes")
+    r = run_step0(
+        tmp_path / "kw_yes", tmp_path / "data.lmp", plugin_path, model, atoms, fold="0", pair_extra="fold yes"
+    )
     assert "fold yes:" in r.stdout and r.inputs[0][0].shape[0] == 1
-    for extra, env, msg in (("fold maybe", {}, "fold 'maybe' (expected yes or no)"),
-                            ("", {"FORCEFIELD_FOLD": "maybe"}, "FORCEFIELD_FOLD='maybe' is not one of")):
+    for extra, env, msg in (
+        ("fold maybe", {}, "fold 'maybe' (expected yes or no)"),
+        ("", {"FORCEFIELD_FOLD": "maybe"}, "FORCEFIELD_FOLD='maybe' is not one of"),
+    ):
         work = tmp_path / f"bad{len(msg)}"
         work.mkdir()
         (work / "data.lmp").write_bytes((tmp_path / "data.lmp").read_bytes())
@@ -329,8 +345,7 @@ def mpi_case(request, bulk_case, random_models, plugin_path, tmp_path_factory): 
     model = random_models["f64"]
     runs = {}
     for np_, fold in ((1, "1"), (2, "1"), (4, "1"), (2, "0"), (4, "0")):
-        runs[(np_, fold)] = run_step0(d / f"np{np_}_fold{fold}", data, plugin_path, model, atoms, fold=fold,
-                                      np_=np_)
+        runs[(np_, fold)] = run_step0(d / f"np{np_}_fold{fold}", data, plugin_path, model, atoms, fold=fold, np_=np_)
     return request.param, atoms, runs
 
 
@@ -366,5 +381,4 @@ def test_mpi_nodes_are_owned_atoms_and_off_rank_ghosts(mpi_case):
             ghosts["0"] += pos_u.shape[0] - n_local_u
         assert owned_total == len(atoms)
         assert ghosts["1"] < ghosts["0"], ghosts
-        print(f"{name} np {np_}: ghost nodes {ghosts['0']} unfolded, {ghosts['1']} folded "
-              f"({len(atoms)} atoms)")
+        print(f"{name} np {np_}: ghost nodes {ghosts['0']} unfolded, {ghosts['1']} folded ({len(atoms)} atoms)")

@@ -2,6 +2,7 @@
 template -> train -> evaluate -> export -> evaluate the export; user errors give one line
 and a non-zero exit code, no traceback, and leave earlier results alone. Also the ASE
 calculator built from a checkpoint or an exported file."""
+
 from __future__ import annotations
 
 import csv
@@ -14,26 +15,17 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
-import torch
 import yaml
 from ase.calculators.singlepoint import SinglePointCalculator
+from training_helpers import ETHANOL_E0, TINY_MODEL, write_ethanol
 from typer.testing import CliRunner
 
 import forcefield
 from forcefield.cli.app import app
-from training_helpers import ETHANOL_E0, TINY_MODEL, write_ethanol
 
 runner = CliRunner()
 COMMANDS = ["template", "train", "evaluate", "export", "lammps-plugin", "demo"]
 PNG = b"\x89PNG\r\n\x1a\n"
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    """training.num_threads sets torch's global thread count: give other modules theirs back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
 
 
 def invoke(*args):
@@ -72,6 +64,7 @@ def exported(work):
 
 # ----------------------------------------------------------------- basics
 
+
 def test_version_and_help():
     assert ok(invoke("--version")).stdout.strip() == f"forcefield {forcefield.__version__}"
     assert "Usage" in ok(invoke("--help")).stdout
@@ -82,6 +75,7 @@ def test_version_and_help():
 
 def test_template_is_a_complete_commented_config(tmp_path):
     from forcefield.training.config import Config, load_config
+
     text = ok(invoke("template")).stdout
     assert text.count("#") > 20
     raw = yaml.safe_load(text)
@@ -101,6 +95,7 @@ def test_template_is_a_complete_commented_config(tmp_path):
 
 # ----------------------------------------------------------------- train / evaluate / export
 
+
 def test_train_writes_the_promised_files(work):
     run = work["run"]
     for name in ("best.ckpt", "last.ckpt", "config.yaml", "metrics.csv", "learning_curve.png"):
@@ -116,6 +111,7 @@ def test_train_writes_the_promised_files(work):
         assert np.isfinite(float(r["train_loss"])) and float(r["valid_forces_mae"]) > 0
     # the resolved config reloads, with absolute data paths
     from forcefield.training.config import load_config
+
     resolved = load_config(run / "config.yaml")
     assert Path(resolved.data.train).is_absolute() and resolved.model.channels == TINY_MODEL["channels"]
     # the last line of stdout is the absolute path of best.ckpt
@@ -142,6 +138,7 @@ def test_evaluate_json_plot_export_roundtrip(work, exported):
 
 def test_resume_continues_the_run(work, tmp_path):
     import shutil
+
     run = tmp_path / "run"
     shutil.copytree(work["run"], run)
     cfg = dict(work["config"], training=dict(work["config"]["training"], max_epochs=3))
@@ -159,6 +156,7 @@ def test_resume_continues_the_run(work, tmp_path):
 def test_calculator_from_checkpoint_and_export(work, exported):
     from forcefield import ForceFieldCalculator
     from forcefield.model.serialization import model_from_checkpoint
+
     d, ckpt = work["dir"], work["run"] / "best.ckpt"
     atoms = ase.io.read(d / "test.xyz", index="0")
     atoms.calc = None
@@ -166,10 +164,10 @@ def test_calculator_from_checkpoint_and_export(work, exported):
     ref = ForceFieldCalculator(model)
     atoms.calc = ref
     e_ref, f_ref = atoms.get_potential_energy(), atoms.get_forces()
-    atoms.calc = ForceFieldCalculator(ckpt)                  # a path (Path)
+    atoms.calc = ForceFieldCalculator(ckpt)  # a path (Path)
     assert atoms.get_potential_energy() == e_ref
     np.testing.assert_array_equal(atoms.get_forces(), f_ref)
-    atoms.calc = ForceFieldCalculator(str(ckpt))             # a path (str)
+    atoms.calc = ForceFieldCalculator(str(ckpt))  # a path (str)
     assert atoms.get_potential_energy() == e_ref
     assert np.sum(atoms.get_potential_energies()) == pytest.approx(e_ref, rel=1e-12)
     atoms.calc = ForceFieldCalculator(exported)
@@ -179,8 +177,10 @@ def test_calculator_from_checkpoint_and_export(work, exported):
 
 # ----------------------------------------------------------------- user errors
 
+
 def _bad_inputs(d: Path, cfg: dict) -> dict:
     """Write the bad files; return case -> (command args, text the one-line message must contain)."""
+
     def config(**edit):
         c = json.loads(json.dumps(cfg))
         for path, value in edit.items():
@@ -272,9 +272,15 @@ def test_resume_without_checkpoint_names_it(work, tmp_path):
 def test_console_script_error_has_no_traceback(work, bad_inputs):
     """The real process (not CliRunner, which catches exceptions itself)."""
     d = work["dir"]
-    proc = subprocess.run([sys.executable, "-m", "forcefield.cli.app", "train", str(d / "badkey.yaml")],
-                          capture_output=True, text=True, timeout=120, cwd=d)
+    proc = subprocess.run(
+        [sys.executable, "-m", "forcefield.cli.app", "train", str(d / "badkey.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=d,
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     assert proc.stderr.strip().splitlines() == [
-        f"error: {d / 'badkey.yaml'}: training.max_epoch: unknown key (misspelt?)"]
+        f"error: {d / 'badkey.yaml'}: training.max_epoch: unknown key (misspelt?)"
+    ]

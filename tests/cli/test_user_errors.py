@@ -2,6 +2,7 @@
 coincident atoms, species without data, all-zero loss weights, outputs that are folders or
 files, file permissions, float32 far from the origin, partial labels, `~` in paths, foreign
 .pt files and the atomic writer's temporary files."""
+
 from __future__ import annotations
 
 import json
@@ -19,21 +20,14 @@ import torch
 import yaml
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
+from training_helpers import ETHANOL_E0, tiny_config, write_ethanol
 from typer.testing import CliRunner
 
 from forcefield.cli.app import app
 from forcefield.errors import InputError
-from training_helpers import ETHANOL_E0, tiny_config, write_ethanol
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+from paths import ROOT  # noqa: E402
 
 
 def invoke(*args):
@@ -123,8 +117,9 @@ def test_degenerate_cell_in_calculator_is_an_input_error(case):
             print("InputError:", exc)
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env=env, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+    )
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
     assert "InputError: structure:" in proc.stdout and needle in proc.stdout, proc.stdout
 
@@ -132,23 +127,29 @@ def test_degenerate_cell_in_calculator_is_an_input_error(case):
 def test_one_cell_check_for_reader_and_graph(tmp_path):
     import forcefield.data.frames as frames_module
     from forcefield.data.graph import build_graph, check_cell
+
     assert frames_module.check_cell is check_cell
     path = tmp_path / "cells.xyz"
     ok = Atoms("Cu2", positions=[[0, 0, 0], [1.5, 0, 0]], cell=[3, 3, 3], pbc=True)
-    bad = Atoms("Cu2", positions=[[0, 0, 0], [1.5, 0, 0]], cell=[[3, 0, 0], [0, 0, 0], [0, 0, 0]],
-                pbc=[True, True, False])
+    bad = Atoms(
+        "Cu2", positions=[[0, 0, 0], [1.5, 0, 0]], cell=[[3, 0, 0], [0, 0, 0], [0, 0, 0]], pbc=[True, True, False]
+    )
     ase.io.write(path, [ok, bad], format="extxyz")
     from forcefield.data.frames import read_frames
+
     with pytest.raises(InputError, match=rf"{path}: frame 1: periodic along cell vector 1"):
         read_frames(path)
     # a periodic direction far thinner than the cutoff would need millions of images: refused
     # by the graph builder and by the neighbour count of the statistics (before training)
     from forcefield.data.frames import Frame
     from forcefield.data.statistics import avg_num_neighbors
-    thin = Frame(numbers=[29], positions=[[0, 0, 0]], cell=np.diag([3.0, 3.0, 1e-4]), pbc=[True] * 3,
-                 source="thin.xyz:4")
-    with pytest.raises(InputError, match="thin.xyz: frame 4: the cell is only 0.0001 Å thick along periodic "
-                                         "cell vector 2"):
+
+    thin = Frame(
+        numbers=[29], positions=[[0, 0, 0]], cell=np.diag([3.0, 3.0, 1e-4]), pbc=[True] * 3, source="thin.xyz:4"
+    )
+    with pytest.raises(
+        InputError, match="thin.xyz: frame 4: the cell is only 0.0001 Å thick along periodic cell vector 2"
+    ):
         build_graph(thin.numbers, thin.positions, thin.cell, thin.pbc, ["Cu"], 5.0, "thin.xyz: frame 4")
     with pytest.raises(InputError, match="thin.xyz: frame 4: the cell is only"):
         avg_num_neighbors([thin], 5.0)
@@ -156,9 +157,12 @@ def test_one_cell_check_for_reader_and_graph(tmp_path):
 
 # ----------------------------------------------------------------- 5. coincident atoms
 
+
 def test_coincident_atoms_in_calculator():
-    from forcefield import ForceFieldCalculator
     from model_utils import make_model
+
+    from forcefield import ForceFieldCalculator
+
     model = make_model("float64", seed=5, species=["Cu", "Au"], channels=4, lmax=1)
     atoms = Atoms("CuAuCu", positions=[[0, 0, 0], [2.5, 0, 0], [2.5, 0.05, 0]])
     atoms.calc = ForceFieldCalculator(model)
@@ -180,17 +184,20 @@ def test_coincident_atoms_in_training_and_evaluation(work):
 
     bad = ethanol_with(d, "coincident.xyz", duplicate)
     cfg = dict(work["config"], data=dict(work["config"]["data"], train=str(bad)))
-    user_error(invoke("train", write_config(d, "coincident.yaml", cfg), "-o", d / "fresh"),
-               f"{bad}: frame 7", "atoms 2 and 4")
+    user_error(
+        invoke("train", write_config(d, "coincident.yaml", cfg), "-o", d / "fresh"), f"{bad}: frame 7", "atoms 2 and 4"
+    )
     assert snapshot(run) == kept and not (d / "fresh").exists()
     user_error(invoke("evaluate", run / "best.ckpt", bad), f"{bad}: frame 7", "atoms 2 and 4")
 
 
 # ----------------------------------------------------------------- 6. species without data
 
+
 def test_species_without_data_is_refused(work):
     from forcefield.training.config import load_config
     from forcefield.training.datasets import load_datasets, statistics
+
     d, run = work["dir"], work["run"]
     kept = snapshot(run)
     cfg = dict(work["config"], model=dict(work["config"]["model"], species=["H", "C", "F", "N", "O"]))
@@ -206,21 +213,29 @@ def test_species_without_data_is_refused(work):
 
 # ----------------------------------------------------------------- 7. tracebacks for ordinary mistakes
 
+
 def test_all_loss_weights_zero(work):
     d, run = work["dir"], work["run"]
     kept = snapshot(run)
     cfg = dict(work["config"])
     cfg["training"] = dict(cfg["training"], energy_weight=0.0, forces_weight=0.0, stress_weight=0.0)
-    user_error(invoke("train", write_config(d, "zero.yaml", cfg), "-o", d / "fresh"),
-               "energy_weight", "forces_weight", "stress_weight")
+    user_error(
+        invoke("train", write_config(d, "zero.yaml", cfg), "-o", d / "fresh"),
+        "energy_weight",
+        "forces_weight",
+        "stress_weight",
+    )
     # stress_weight > 0 without any stress in the data is the same mistake
     cfg["training"]["stress_weight"] = 1.0
     user_error(invoke("train", write_config(d, "zero_stress.yaml", cfg), "-o", d / "fresh"), "stress")
     # the final stage's own weights, too
-    cfg["training"] = dict(work["config"]["training"],
-                           final_stage={"energy_weight": 0.0, "forces_weight": 0.0, "stress_weight": 0.0})
-    user_error(invoke("train", write_config(d, "zero_final.yaml", cfg), "-o", d / "fresh"),
-               "training.final_stage.energy_weight")
+    cfg["training"] = dict(
+        work["config"]["training"], final_stage={"energy_weight": 0.0, "forces_weight": 0.0, "stress_weight": 0.0}
+    )
+    user_error(
+        invoke("train", write_config(d, "zero_final.yaml", cfg), "-o", d / "fresh"),
+        "training.final_stage.energy_weight",
+    )
     assert snapshot(run) == kept and not (d / "fresh").exists()
 
 
@@ -245,13 +260,15 @@ def test_outputs_of_the_wrong_kind(work):
 
 # ----------------------------------------------------------------- 8. file modes
 
+
 def test_written_files_get_the_umask_mode(work, tmp_path):
     from forcefield.atomic_io import atomic_path, save_torch, write_bytes, write_text
     from forcefield.data.frames import read_frames, write_frames
     from forcefield.export.torchscript import export_model
+
     run = work["run"]
     for name in ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "learning_curve.png"):
-        assert mode(run / name) == 0o644, name                       # trained under umask 0o022
+        assert mode(run / name) == 0o644, name  # trained under umask 0o022
     frames = read_frames(work["dir"] / "test.xyz", index=":2")
     for mask, expected in ((0o022, 0o644), (0o077, 0o600), (0o027, 0o640)):
         d = tmp_path / f"m{mask:o}"
@@ -260,9 +277,10 @@ def test_written_files_get_the_umask_mode(work, tmp_path):
         with_umask(mask, write_bytes, b"\x00\x01", d / "b.bin")
         with_umask(mask, write_frames, frames, d / "frames.xyz")
 
-        def executable():
+        def executable(d=d):
             with atomic_path(d / "lib.so", mode=0o777) as tmp:
                 tmp.write_bytes(b"ELF")
+
         with_umask(mask, executable)
         for name in ("a.ckpt", "metrics.csv", "b.bin", "frames.xyz"):
             assert mode(d / name) == expected, (mask, name)
@@ -274,6 +292,7 @@ def test_written_files_get_the_umask_mode(work, tmp_path):
 
 def test_interrupt_removes_the_temporary_file(tmp_path):
     from forcefield.atomic_io import atomic_path, write_text
+
     target = tmp_path / "metrics.csv"
     write_text("old\n", target)
     with pytest.raises(KeyboardInterrupt):
@@ -300,17 +319,20 @@ def test_kill_9_never_leaves_an_empty_file_under_the_final_name(tmp_path):
     assert "new.json" not in names
     assert len(names) == 1 and names[0].startswith(".new.json.") and names[0].endswith(".tmp")
     from forcefield.atomic_io import write_text
+
     write_text("{}\n", tmp_path / "new.json")
     assert (tmp_path / "new.json").read_text() == "{}\n"
 
 
 # ----------------------------------------------------------------- 9. float32 far from the origin
 
+
 def test_float32_calculator_far_from_origin():
     from ase.build import molecule
+    from model_utils import make_model
 
     from forcefield import ForceFieldCalculator
-    from model_utils import make_model
+
     model = make_model("float32", seed=3, species=["H", "C", "O"], channels=4, lmax=1)
     near = molecule("CH3CH2OH")
     near.calc = ForceFieldCalculator(model)
@@ -334,6 +356,7 @@ def test_float32_calculator_far_from_origin():
 
 # ----------------------------------------------------------------- 10. smaller ones
 
+
 def test_evaluate_reports_counts_per_quantity(work):
     d, run = work["dir"], work["run"]
 
@@ -354,28 +377,37 @@ def test_evaluate_reports_counts_per_quantity(work):
 
     unlabelled = ethanol_with(d, "unlabelled.xyz", drop_all, n=3)
     before = (d / "partial.json").read_bytes()
-    user_error(invoke("evaluate", run / "best.ckpt", unlabelled, "--json", d / "partial.json"),
-               str(unlabelled), "nothing to score")
+    user_error(
+        invoke("evaluate", run / "best.ckpt", unlabelled, "--json", d / "partial.json"),
+        str(unlabelled),
+        "nothing to score",
+    )
     assert (d / "partial.json").read_bytes() == before
 
 
 def test_valid_fraction_named_as_such(work, tmp_path):
     write_ethanol(tmp_path / "one.xyz", n=1)
     cfg = tiny_config(tmp_path / "one.xyz", data={"valid": 0.2})
-    line = user_error(invoke("train", write_config(tmp_path, "one.yaml", cfg), "-o", tmp_path / "run"),
-                      "data.valid fraction 0.2")
+    line = user_error(
+        invoke("train", write_config(tmp_path, "one.yaml", cfg), "-o", tmp_path / "run"), "data.valid fraction 0.2"
+    )
     assert not line.startswith("error: 0.2:")
     assert not (tmp_path / "run").exists()
 
 
 def test_e0_error_names_energy_key(work, tmp_path):
     cfg = tiny_config(work["dir"] / "train.xyz", data={"energy_key": "my_energy"})
-    user_error(invoke("train", write_config(tmp_path, "key.yaml", cfg), "-o", tmp_path / "run"),
-               str(ETHANOL_E0), "isolated atom", "'my_energy'")
+    user_error(
+        invoke("train", write_config(tmp_path, "key.yaml", cfg), "-o", tmp_path / "run"),
+        str(ETHANOL_E0),
+        "isolated atom",
+        "'my_energy'",
+    )
 
 
 def test_tilde_in_paths(work, tmp_path, monkeypatch):
     from forcefield.data.frames import read_frames
+
     monkeypatch.setenv("HOME", str(tmp_path))
     write_ethanol(tmp_path / "home.xyz", n=3)
     assert len(read_frames("~/home.xyz")) == 3
@@ -386,6 +418,7 @@ def test_tilde_in_paths(work, tmp_path, monkeypatch):
 
 def test_foreign_pt_file_is_one_line_without_warning(work, tmp_path):
     from forcefield import ForceFieldCalculator
+
     foreign = tmp_path / "foreign.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

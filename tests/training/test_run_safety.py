@@ -1,6 +1,7 @@
 """A run folder is never silently changed: --resume refuses a changed architecture or data,
 training into an existing run needs --resume or --overwrite, and a checkpoint that would need
 unpickling arbitrary objects is refused before any of its code can run."""
+
 from __future__ import annotations
 
 import pickle
@@ -9,20 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from training_helpers import tiny_config, write_ethanol
 from typer.testing import CliRunner
 
 from forcefield.cli.app import app
 from forcefield.model.serialization import read_checkpoint
-from training_helpers import tiny_config, write_ethanol
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def invoke(*args):
@@ -63,13 +57,16 @@ def _variant(run, name: str, **sections) -> Path:
     return path
 
 
-@pytest.mark.parametrize("section,change,key", [
-    ("model", {"channels": 6}, "model.channels"),
-    ("model", {"r_max": 4.5}, "model.r_max"),
-    ("model", {"dtype": "float32"}, "model.dtype"),
-    ("training", {"lr": 0.5}, "training.lr"),
-    ("dens", {"enabled": True}, "dens.enabled"),
-])
+@pytest.mark.parametrize(
+    "section,change,key",
+    [
+        ("model", {"channels": 6}, "model.channels"),
+        ("model", {"r_max": 4.5}, "model.r_max"),
+        ("model", {"dtype": "float32"}, "model.dtype"),
+        ("training", {"lr": 0.5}, "training.lr"),
+        ("dens", {"enabled": True}, "dens.enabled"),
+    ],
+)
 def test_resume_with_changed_config_is_refused(run, section, change, key):
     before = snapshot(run["run"])
     path = _variant(run, f"changed_{key}.yaml", **{section: change})
@@ -81,6 +78,7 @@ def test_resume_with_changed_config_is_refused(run, section, change, key):
 
 def test_resume_may_extend_the_budget_and_records_it(run, tmp_path):
     import shutil
+
     folder = tmp_path / "run"
     shutil.copytree(run["run"], folder)
     path = _variant(run, "longer.yaml", training={"max_epochs": 2})
@@ -93,11 +91,13 @@ def test_resume_may_extend_the_budget_and_records_it(run, tmp_path):
 
 def test_training_into_an_existing_run_needs_overwrite(run, tmp_path):
     import shutil
+
     folder = tmp_path / "run"
     shutil.copytree(run["run"], folder)
     before = snapshot(folder)
-    one_line_error(invoke("train", run["dir"] / "config.yaml", "-o", folder), "already holds a training run",
-                   "--overwrite")
+    one_line_error(
+        invoke("train", run["dir"] / "config.yaml", "-o", folder), "already holds a training run", "--overwrite"
+    )
     assert snapshot(folder) == before
     (folder / "test_metrics.json").write_text("{}")  # a stale file of the old run
     result = invoke("train", run["dir"] / "config.yaml", "-o", folder, "--overwrite")
@@ -126,8 +126,9 @@ def test_crafted_checkpoint_runs_no_code(run, tmp_path):
     for args in (["evaluate", bad, run["dir"] / "train.xyz"], ["export", bad, "-o", tmp_path / "m.pt"]):
         one_line_error(invoke(*args), "crafted.ckpt", "refused")
         assert not target.exists()
-    from forcefield.errors import InputError
     from forcefield.calculator import ForceFieldCalculator
+    from forcefield.errors import InputError
+
     with pytest.raises(InputError, match="refused"):
         ForceFieldCalculator(str(bad))
     assert not target.exists()
@@ -135,6 +136,7 @@ def test_crafted_checkpoint_runs_no_code(run, tmp_path):
 
 def test_checkpoint_of_a_newer_format_is_refused(run, tmp_path):
     from forcefield.atomic_io import save_torch
+
     ckpt = read_checkpoint(run["run"] / "best.ckpt")
     ckpt["version"] = 99
     path = tmp_path / "future.ckpt"

@@ -5,13 +5,20 @@ stress covariant, to 1e-10 relative; atom permutations: energy invariant, forces
 Both on a periodic triclinic multi-species cell (smaller than 2 r_max: many images) and on
 a molecule without a cell. Also: forces and stress are not trivially zero.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from model_utils import evaluate, make_model, molecule, random_rotation, rel_err, triclinic_cell
-from model_utils import one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
+from model_utils import (
+    evaluate,
+    make_model,
+    molecule,
+    one_thread,  # noqa: F401  (autouse fixture: one intra-op thread)
+    random_rotation,
+    rel_err,
+    triclinic_cell,
+)
 
 TOL = 1e-10
 
@@ -78,7 +85,7 @@ def test_reflection(model, name, seed):
     q = random_rotation(rng)
     n = rng.normal(size=3)
     n /= np.linalg.norm(n)
-    q = (np.eye(3) - 2.0 * np.outer(n, n)) @ q   # improper: a mirror after a rotation
+    q = (np.eye(3) - 2.0 * np.outer(n, n)) @ q  # improper: a mirror after a rotation
     assert np.linalg.det(q) == pytest.approx(-1.0)
     _check(model, atoms, _transform(atoms, q), q)
     # the pure inversion as well

@@ -1,4 +1,5 @@
 """`forcefield demo --quick` end to end through the real console script."""
+
 import json
 import math
 import os
@@ -11,8 +12,9 @@ def test_demo_quick_end_to_end(tmp_path):
     exe = Path(sys.executable).parent / "forcefield"
     out = tmp_path / "demo"
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([str(exe), "demo", "--quick", "--output", str(out)], capture_output=True, text=True,
-                          env=env, timeout=900)
+    proc = subprocess.run(
+        [str(exe), "demo", "--quick", "--output", str(out)], capture_output=True, text=True, env=env, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
 

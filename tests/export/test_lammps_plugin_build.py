@@ -18,9 +18,6 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from toy_exported_model import E0, evaluate_reference, save_toy_model, write_lammps_data  # noqa: E402
 
 from forcefield.export import plugin as ffplugin  # noqa: E402
@@ -32,13 +29,6 @@ SPECIES = ["Cu", "Au"]
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def plugin_path() -> Path:
-    path = ffplugin.build_plugin()
-    assert path.is_absolute() and path.is_file() and path.name == "forcefieldplugin.so"
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -316,17 +306,30 @@ def _error_cases(models: Dict[str, Path], tmp: Path) -> List[Tuple[str, Dict, Li
         ("bad_keyword", dict(extra_pair="foo bar"), ["unknown keyword 'foo'"]),
         (
             "per_atom_virial",
-            dict(post="compute s all stress/atom NULL\ncompute ss all reduce sum c_s[1]\n"
-                 "thermo_style custom step pe c_ss"),
+            dict(
+                post="compute s all stress/atom NULL\ncompute ss all reduce sum c_s[1]\n"
+                "thermo_style custom step pe c_ss"
+            ),
             ["does not support per-atom virial"],
         ),
     ] + ([] if cuda else [("no_cuda", dict(extra_pair="device cuda"), ["'device cuda' requested but"])])
 
 
 ERROR_IDS = [
-    "missing_model", "not_torchscript", "no_metadata", "format_version", "unknown_element",
-    "too_few_elements", "too_many_elements", "not_star_star", "newton_off", "units", "bad_device",
-    "bad_keyword", "per_atom_virial", "no_cuda",
+    "missing_model",
+    "not_torchscript",
+    "no_metadata",
+    "format_version",
+    "unknown_element",
+    "too_few_elements",
+    "too_many_elements",
+    "not_star_star",
+    "newton_off",
+    "units",
+    "bad_device",
+    "bad_keyword",
+    "per_atom_virial",
+    "no_cuda",
 ]
 
 
@@ -339,7 +342,9 @@ def test_error_messages(case, models, plugin_path, small_data, tmp_path):
         return
     kw, msgs = cases[case]
     proc = _run_case(kw, models, plugin_path, small_data, tmp_path)
-    assert proc.returncode == 1, f"expected a clean LAMMPS error (exit 1), got {proc.returncode}:\n{proc.stdout[-3000:]}"
+    assert proc.returncode == 1, (
+        f"expected a clean LAMMPS error (exit 1), got {proc.returncode}:\n{proc.stdout[-3000:]}"
+    )
     assert "ERROR" in proc.stdout
     for msg in msgs:
         assert msg in proc.stdout, proc.stdout[-3000:]

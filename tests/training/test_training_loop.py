@@ -1,5 +1,6 @@
 """The training loop on real data: the loss goes down, --resume continues bit for bit
 (DeNS, EMA and the plateau scheduler on), and checkpoints are never half-written."""
+
 from __future__ import annotations
 
 import math
@@ -7,27 +8,22 @@ import os
 
 import pytest
 import torch
+from training_helpers import tiny_config, write_ethanol
 
 import forcefield.training.trainer as trainer_module
 from forcefield.model.serialization import model_from_checkpoint, read_checkpoint
 from forcefield.training.atomic_io import save_torch, write_text
 from forcefield.training.config import load_config
 from forcefield.training.trainer import Trainer
-from training_helpers import tiny_config, write_ethanol
-
-@pytest.fixture(autouse=True, scope="module")
-def _restore_torch_threads():
-    """training.num_threads sets torch's global thread count: give other modules theirs back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
 
 
 def test_loss_decreases_on_ethanol(tmp_path):
     train = write_ethanol(tmp_path / "train.xyz", n=20)
-    cfg = load_config(tiny_config(train, model={"channels": 8},
-                                  training={"max_epochs": 6, "batch_size": 2, "lr": 0.02, "warmup_steps": 0}))
+    cfg = load_config(
+        tiny_config(
+            train, model={"channels": 8}, training={"max_epochs": 6, "batch_size": 2, "lr": 0.02, "warmup_steps": 0}
+        )
+    )
     trainer = Trainer(cfg, tmp_path / "run", quiet=True)
     trainer.run()
     rows = trainer.rows
@@ -43,9 +39,22 @@ def test_loss_decreases_on_ethanol(tmp_path):
 
 
 def _resume_config(train):
-    return load_config(tiny_config(train, dens={"prob": 0.5}, training={
-        "max_epochs": 4, "batch_size": 3, "lr": 0.02, "ema_decay": 0.9, "scheduler": "plateau",
-        "patience_steps": 1, "warmup_steps": 0, "plateau_factor": 0.5}))
+    return load_config(
+        tiny_config(
+            train,
+            dens={"prob": 0.5},
+            training={
+                "max_epochs": 4,
+                "batch_size": 3,
+                "lr": 0.02,
+                "ema_decay": 0.9,
+                "scheduler": "plateau",
+                "patience_steps": 1,
+                "warmup_steps": 0,
+                "plateau_factor": 0.5,
+            },
+        )
+    )
 
 
 def _final_state(folder):
@@ -130,12 +139,14 @@ def test_resume_after_interrupt_mid_epoch_is_bitwise_identical(straight_run, tmp
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     from forcefield.errors import InputError
+
     train = write_ethanol(tmp_path / "train.xyz", n=8)
     with pytest.raises(InputError, match="last.ckpt: nothing to resume from"):
         Trainer(_resume_config(train), tmp_path / "empty", resume=True, quiet=True)
 
 
 # ----------------------------------------------------------------- atomic writes
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -160,7 +171,7 @@ def test_checkpoint_never_half_written(trained, monkeypatch, error):
     def save_half_then_fail(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
         size = os.path.getsize(f)
-        with open(f, "r+b") as fh:          # a crash half-way: the file is cut short
+        with open(f, "r+b") as fh:  # a crash half-way: the file is cut short
             fh.truncate(size // 2)
         raise error
 
@@ -171,9 +182,9 @@ def test_checkpoint_never_half_written(trained, monkeypatch, error):
         save_torch({"x": 1}, out / "last.ckpt")
     monkeypatch.undo()
 
-    assert _listing(out) == files                         # no temporary file left behind
+    assert _listing(out) == files  # no temporary file left behind
     for name, data in before.items():
-        assert (out / name).read_bytes() == data          # the old checkpoint, intact
+        assert (out / name).read_bytes() == data  # the old checkpoint, intact
     model = model_from_checkpoint(out / "last.ckpt")
     state = read_checkpoint(out / "last.ckpt")["model_state"]
     for k, v in model.state_dict().items():
@@ -184,6 +195,7 @@ def test_text_file_never_half_written(tmp_path, monkeypatch):
     target = tmp_path / "metrics.csv"
     write_text("epoch,train_loss\n1,0.5\n", target)
     import pathlib
+
     real = pathlib.Path.write_text
 
     def write_half_then_fail(self, data, *args, **kwargs):

@@ -4,16 +4,17 @@ The default model config already has correlation 3, so the symmetry, derivative,
 TorchScript and isolation suites run through it; this file checks the block itself against
 an independent dense reference, and the whole model at every correlation order.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 from e3nn import o3
+from model_utils import evaluate, make_model, molecule, one_thread, random_rotation, rel_err, triclinic_cell  # noqa: F401
 
 from forcefield.model.forcefield import hidden_irreps
 from forcefield.model.product import ProductBasis
-from model_utils import evaluate, make_model, molecule, one_thread, random_rotation, rel_err, triclinic_cell  # noqa: F401
 
 torch.set_default_dtype(torch.float64)
 
@@ -61,7 +62,7 @@ def test_matches_dense_clebsch_gordan_reference():
         x2 = a[:, s2].reshape(-1, c, 2 * l2 + 1)
         cg = o3.wigner_3j(l1, l2, 0, dtype=torch.float64)[:, :, 0]
         val = torch.einsum("nci,ncj,ij->nc", x1, x2, cg) * ins.path_weight
-        ref = ref + w[:, k * c:(k + 1) * c] * val
+        ref = ref + w[:, k * c : (k + 1) * c] * val
     ref = ref / np.sqrt(2.0)
     assert rel_err(got.detach(), ref.detach()) < 1e-12
 
