@@ -8,7 +8,7 @@ Trains the same model (same seed, same data split, same budget) three times:
   denoise    DeNS with only the noise-prediction loss on DeNS samples
              (dens.energy_loss: false, dens.uncorrupted_force_loss: false)
 
-on 950 training / 50 validation structures of tests/data/ethanol/train.xyz (E0 from
+on 950 training / 50 validation structures of tests/datasets/ethanol/train.xyz (E0 from
 isolated_atoms.xyz), then evaluates the best (EMA) checkpoint of each on test_MD.xyz
 (1000 structures) and prints a table next to the published numbers (MACE paper, Table 1,
 950 training structures; energy MAE in meV per molecule, forces meV/Å).
@@ -36,7 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEFAULT_DATA = ROOT / "tests" / "data" / "ethanol"
+DEFAULT_DATA = ROOT / "tests" / "datasets" / "ethanol"
 
 REGIMES = {
     "off": {"enabled": False},

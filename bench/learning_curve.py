@@ -1,6 +1,6 @@
 """Accuracy on revised-MD17 ethanol: learning curve, DeNS regimes, and MACE side by side.
 
-Splits: N training structures drawn from tests/data/ethanol/train.xyz by a seeded
+Splits: N training structures drawn from tests/datasets/ethanol/train.xyz by a seeded
 permutation (seed s: the first N of the permutation), validation = the next 50 of the same
 permutation (the rest of train.xyz), test = all 1000 structures of test_MD.xyz. E0 from
 isolated_atoms.xyz for both models.
@@ -42,7 +42,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = ROOT / "tests" / "data" / "ethanol"
+DATA = ROOT / "tests" / "datasets" / "ethanol"
 N_VALID = 50
 
 REGIMES = {

@@ -26,7 +26,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DEFAULT_DATA = ROOT / "tests" / "data" / "ethanol" / "train.xyz"
+DEFAULT_DATA = ROOT / "tests" / "datasets" / "ethanol" / "train.xyz"
 
 
 def build(args, dens_on: bool):
