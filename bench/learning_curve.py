@@ -124,6 +124,18 @@ def reference(test_path: Path):
     )
 
 
+def test_set_errors(calc) -> dict:
+    """Errors of an ASE calculator on all of test_MD.xyz (the same code for both models)."""
+    frames, e_ref, f_ref, n_atoms = reference(DATA / "test_MD.xyz")
+    e_pred, f_pred = [], []
+    for a in frames:
+        a = a.copy()
+        a.calc = calc
+        e_pred.append(a.get_potential_energy())
+        f_pred.append(a.get_forces())
+    return test_errors(e_pred, e_ref, f_pred, f_ref, n_atoms)
+
+
 def run_ours(job: dict, args, folder: Path) -> dict:
     import torch
 
@@ -151,14 +163,7 @@ def run_ours(job: dict, args, folder: Path) -> dict:
     trainer = Trainer(cfg, folder, resume=resume, quiet=True, overwrite=not resume)
     trainer.run()
     torch.set_num_threads(1)
-    frames, e_ref, f_ref, n_atoms = reference(DATA / "test_MD.xyz")
-    calc = ForceFieldCalculator(str(folder / "best.ckpt"))
-    e_pred, f_pred = [], []
-    for a in frames:
-        a = a.copy()
-        a.calc = calc
-        e_pred.append(a.get_potential_energy())
-        f_pred.append(a.get_forces())
+    errors = test_set_errors(ForceFieldCalculator(str(folder / "best.ckpt")))
     rows = trainer.rows
     return {
         "epochs": trainer.epoch,
@@ -166,7 +171,7 @@ def run_ours(job: dict, args, folder: Path) -> dict:
         "stop": trainer.stop_reason,
         "best_valid_forces_mae": min(r["valid_forces_mae"] for r in rows),
         "events": [f"{r['epoch']}: {r['event']}" for r in rows if r.get("event")],
-        **test_errors(e_pred, e_ref, f_pred, f_ref, n_atoms),
+        **errors,
     }
 
 
@@ -293,14 +298,7 @@ def mace_eval(model_path: Path) -> None:
 
     torch.set_num_threads(1)
     calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float32")
-    frames, e_ref, f_ref, n_atoms = reference(DATA / "test_MD.xyz")
-    e_pred, f_pred = [], []
-    for a in frames:
-        a = a.copy()
-        a.calc = calc
-        e_pred.append(a.get_potential_energy())
-        f_pred.append(a.get_forces())
-    print(json.dumps(test_errors(e_pred, e_ref, f_pred, f_ref, n_atoms)))
+    print(json.dumps(test_set_errors(calc)))
 
 
 def suite_jobs(args) -> list[str]:
