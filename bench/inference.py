@@ -3,7 +3,8 @@
     .bench-venv/bin/python bench/inference.py [--sizes 256 1024 4096] [--repeats 7]
 
 Models, all with random weights, float32, cutoff 5 Å:
-  ours          this package, eager: num_layers 2, channels 32, lmax 2
+  ours          this package, eager: num_layers 2, channels 32, lmax 2, correlation 3 (default)
+  ours_c1       the same with correlation 1 (two-body messages only, the earlier default)
   ours (TS)     the same weights exported with export_model (TorchScript, what LAMMPS runs;
                 its forward also returns the virial)
   MACE          mace-torch ScaleShiftMACE, 2 layers, hidden 32x0e+32x1o, correlation 3,
@@ -86,7 +87,7 @@ def fcc_cu(n_atoms: int):
 
 
 # ---------------------------------------------------------------- our model
-def ours_model():
+def ours_model(correlation: int = 3):
     from forcefield import ForceField
 
     torch.manual_seed(0)
@@ -97,6 +98,7 @@ def ours_model():
             "num_layers": 2,
             "channels": 32,
             "lmax": 2,
+            "correlation": correlation,
             "dtype": "float32",
             "avg_num_neighbors": 42.0,
         }
@@ -220,6 +222,7 @@ def nequip_step(atoms, parity: bool = True) -> Step:
 MODELS: Dict[str, Tuple[str, Callable]] = {
     "ours": ("ours (eager)", ours_step),
     "ours_ts": ("ours (TorchScript export)", ours_script_step),
+    "ours_c1": ("ours, correlation 1 (eager)", lambda a: ours_step(a, ours_model(correlation=1))),
     "mace": ("MACE", mace_step),
     "nequip": ("NequIP", nequip_step),
     "nequip_noparity": ("NequIP (parity off)", lambda a: nequip_step(a, parity=False)),

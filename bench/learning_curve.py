@@ -397,6 +397,17 @@ def report(args) -> None:
     print("published, converged (MACE paper):")
     for name, n, e, f in PUBLISHED:
         print(f"{'  ' + name:28s} {n:4d} {'':5s} {e:14.1f} {f:8.1f}")
+    print("\nper run (markdown):\n")
+    print("| job | epochs | test E MAE (meV/molecule) | test F MAE (meV/Å) | F vs off, same seed | load avg |")
+    print("|---|---|---|---|---|---|")
+    off = {(r["n"], r["seed"]): r for r in res.values() if r["kind"] == "ours" and r["regime"] == "off"}
+    for r in sorted(res.values(), key=lambda r: (r["n"], r["seed"], r["kind"], r["regime"] or "")):
+        base = off.get((r["n"], r["seed"]))
+        rel = f"{100 * (r['test_forces_mae'] / base['test_forces_mae'] - 1):+.1f}%" if base and base is not r else ""
+        print(
+            f"| {r['job']} | {r['epochs']} | {r['test_energy_mae_mev']:.2f} | {r['test_forces_mae']:.2f} | {rel} "
+            f"| {r['load_avg'][0]:.1f} |"
+        )
 
 
 def main(argv=None) -> int:
