@@ -40,7 +40,6 @@ class Schedule:
         self.plateau_lr = self.base_lr  # LR of the plateau schedule after warm-up
         self.best = math.inf  # best validation loss of the current stage
         self.since_best = 0  # optimizer steps since the last improvement
-        self.stage_start_step = 0
         self.stopped = ""  # why training ended early ("" while it goes on)
 
     # ------------------------------------------------------------------ numbers
@@ -94,7 +93,6 @@ class Schedule:
 
     def _enter_final_stage(self) -> None:
         self.stage = 2
-        self.stage_start_step = self.step
         self.plateau_lr = self.stage_base_lr
         self.lr = self.plateau_lr
         self.best = math.inf
@@ -136,10 +134,7 @@ class Schedule:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> Dict[str, object]:
-        return {
-            k: getattr(self, k)
-            for k in ("step", "stage", "lr", "plateau_lr", "best", "since_best", "stage_start_step", "stopped")
-        }
+        return {k: getattr(self, k) for k in ("step", "stage", "lr", "plateau_lr", "best", "since_best", "stopped")}
 
     def load_state_dict(self, state: Optional[Dict[str, object]]) -> None:
         for k, v in (state or {}).items():
