@@ -100,8 +100,8 @@ def ours_model(correlation: int = 3):
             "lmax": 2,
             "correlation": correlation,
             "dtype": "float32",
-            "avg_num_neighbors": 42.0,
-        }
+        },
+        {"avg_num_neighbors": 42.0},
     ).eval()
 
 

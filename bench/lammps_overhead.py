@@ -78,10 +78,8 @@ def make_export(
             "channels": channels,
             "lmax": lmax,
             "dtype": dtype,
-            "avg_num_neighbors": 40.0,
-            "shift": {"Cu": -3.5, "Au": -3.8},
-            "e0": {"Cu": -0.2, "Au": -0.3},
-        }
+        },
+        {"avg_num_neighbors": 40.0, "shift": {"Cu": -3.5, "Au": -3.8}, "e0": {"Cu": -0.2, "Au": -0.3}},
     )
     return export_model(model, path, dtype=dtype)
 

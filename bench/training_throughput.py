@@ -43,15 +43,14 @@ def build(args, dens_on: bool):
         "channels": args.channels,
         "lmax": args.lmax,
         "dtype": args.dtype,
-        "avg_num_neighbors": 8.0,
     }
-    model = ForceField.from_config(cfg).to(args.device)
+    model = ForceField.from_config(cfg, {"avg_num_neighbors": 8.0}).to(args.device)
     params = list(model.parameters())
     encoder = head = None
     if dens_on:
         mc = model.model_config()
         encoder = ForceEncoder(mc.lmax, model.irreps_dens).to(args.device, model.dtype)
-        head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden, mc.avg_num_neighbors).to(
+        head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden, model.avg_num_neighbors).to(
             args.device, model.dtype
         )
         params += list(encoder.parameters()) + list(head.parameters())

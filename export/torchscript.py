@@ -70,6 +70,7 @@ def metadata_of(model: nn.Module, dtype: str) -> dict:
     import forcefield
 
     sw = model.switch
+    norm = model.normalization()
     return {
         "format_version": FORMAT_VERSION,
         "species": list(model.species),
@@ -77,10 +78,13 @@ def metadata_of(model: nn.Module, dtype: str) -> dict:
         "num_layers": int(model.num_layers),
         "dtype": dtype,
         "switch": {"enabled": bool(sw.enabled), "tau": sw.tau, "r_on": sw.r_on, "r_off": sw.r_off},
-        "e0": {s: float(v) for s, v in zip(model.species, model.e0.tolist())},
-        "shift": {s: float(v) for s, v in zip(model.species, model.shift.tolist())},
-        "scale": float(model.scale),
+        # e0 / shift / scale at the top level as in earlier exports; the full record (with
+        # avg_num_neighbors and where each value came from) is "normalization"
+        "e0": norm.e0,
+        "shift": norm.shift,
+        "scale": norm.scale,
         "model_config": model.model_config().model_dump(),
+        "normalization": norm.model_dump(mode="json"),
         "package": "forcefield",
         "package_version": forcefield.__version__,
         "torch_version": torch.__version__,
@@ -102,7 +106,9 @@ def export_model(model: Union[nn.Module, str, Path], path: Union[str, Path], dty
     if dtype not in DTYPES:
         raise InputError(f"export: dtype must be float32 or float64, got '{dtype}'")
     cfg.dtype = dtype
-    fresh = ForceField.from_config(cfg)  # a clean copy in the target dtype, nothing training-only
+    fresh = ForceField.from_config(
+        cfg, model.normalization()
+    )  # a clean copy in the target dtype, nothing training-only
     state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     fresh.load_state_dict(state)
     fresh.eval()

@@ -83,12 +83,11 @@ def make_model(
         "dtype": dtype,
         "num_basis": 8,
         "radial_hidden": 16,
-        "avg_num_neighbors": 8.0,
     }
     if switch is not None:
         cfg["switch"] = switch
     cfg.update(extra)
-    model = ForceField.from_config(cfg)
+    model = ForceField.from_config(cfg, {"avg_num_neighbors": 8.0})
     randomize(model, seed)
     model.eval()
     return model

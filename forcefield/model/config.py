@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional
+from typing import List, Literal, Optional
 
 from ase.data import atomic_numbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -28,6 +28,9 @@ class SwitchConfig(BaseModel):
 
 
 class ModelConfig(BaseModel):
+    """The architecture. The numbers fitted to a training set (shift, scale, E0,
+    avg_num_neighbors) are not here: forcefield.model.normalization."""
+
     model_config = ConfigDict(extra="forbid")
     species: List[str] = Field(..., min_length=1, description="element symbols, in model order")
     r_max: float = Field(5.0, gt=0, description="cutoff radius, Å")
@@ -44,12 +47,6 @@ class ModelConfig(BaseModel):
     num_basis: int = Field(8, ge=1, description="Bessel radial basis functions")
     radial_hidden: int = Field(64, ge=1, description="width of the radial MLP")
     dtype: Literal["float32", "float64"] = "float32"
-    e0: Optional[Dict[str, float]] = Field(None, description="isolated-atom energies, eV")
-    shift: Optional[Dict[str, float]] = Field(
-        None, description="per-species energy shift mu_Z, eV (fitted from data by training)"
-    )
-    scale: float = Field(1.0, gt=0, description="energy scale sigma, eV (force RMS from data by training)")
-    avg_num_neighbors: float = Field(10.0, gt=0, description="message normalisation (from data by training)")
     switch: SwitchConfig = Field(default_factory=SwitchConfig)
 
     @field_validator("species")
@@ -64,11 +61,6 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_maps(self) -> "ModelConfig":
-        for key in ("e0", "shift"):
-            table = getattr(self, key) or {}
-            for s in table:
-                if s not in self.species:
-                    raise ValueError(f"model.{key}: element '{s}' is not in model.species {self.species}")
         sw = self.switch
         r_on = sw.r_on if sw.r_on is not None else 0.75 * self.r_max
         r_off = sw.r_off if sw.r_off is not None else self.r_max

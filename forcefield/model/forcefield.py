@@ -16,10 +16,12 @@ from typing import Dict, List, Optional
 
 import torch
 from e3nn import o3
+from pydantic import ValidationError
 from torch import nn
 
-from forcefield.model.config import ModelConfig, parse_model_config
+from forcefield.model.config import ModelConfig, format_validation_error, parse_model_config
 from forcefield.model.interaction import Interaction
+from forcefield.model.normalization import Normalization, default_normalization
 from forcefield.model.radial import BesselBasis, PolynomialEnvelope, edge_lengths
 from forcefield.model.switch import IsolationSwitch
 
@@ -33,10 +35,14 @@ def hidden_irreps(channels: int, lmax: int) -> o3.Irreps:
 
 class ForceField(nn.Module):
     __jit_unused_properties__ = ["dtype"]
+    __jit_ignored_attributes__ = ["_normalization_source", "_config"]
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, normalization: Optional[Normalization] = None):
         super().__init__()
         cfg = config
+        norm = normalization if normalization is not None else default_normalization(cfg.species)
+        norm.check_species(cfg.species)
+        self.avg_num_neighbors = float(norm.avg_num_neighbors)
         self.species: List[str] = list(cfg.species)
         self.r_max = float(cfg.r_max)
         self.num_layers = int(cfg.num_layers)
@@ -61,7 +67,7 @@ class ForceField(nn.Module):
                     self.irreps_sh,
                     cfg.num_basis,
                     cfg.radial_hidden,
-                    cfg.avg_num_neighbors,
+                    self.avg_num_neighbors,
                     correlation=cfg.correlation,
                     irreps_hidden=self.irreps_hidden,
                     num_species=n_species,
@@ -79,14 +85,12 @@ class ForceField(nn.Module):
         self.irreps_penultimate = layers[-1].irreps_in
         self.readout = nn.Sequential(nn.Linear(cfg.channels, 16), nn.SiLU(), nn.Linear(16, 1))
 
-        e0 = cfg.e0 or {}
-        shift = cfg.shift or {}
-        mu = [float(shift.get(s, e0.get(s, 0.0))) for s in cfg.species]
-        self.register_buffer("shift", torch.tensor(mu, dtype=torch.float64))
-        self.register_buffer(
-            "e0", torch.tensor([float(e0.get(s, mu[i])) for i, s in enumerate(cfg.species)], dtype=torch.float64)
-        )
-        self.register_buffer("scale", torch.tensor(float(cfg.scale), dtype=torch.float64))
+        # the fitted normalisation (forcefield.model.normalization) lives in buffers, so the
+        # state dict carries it; avg_num_neighbors is a constant of the interaction blocks
+        self.register_buffer("shift", torch.tensor([norm.shift[s] for s in cfg.species], dtype=torch.float64))
+        self.register_buffer("e0", torch.tensor([norm.e0[s] for s in cfg.species], dtype=torch.float64))
+        self.register_buffer("scale", torch.tensor(float(norm.scale), dtype=torch.float64))
+        self._normalization_source = dict(norm.source)
         sw = cfg.switch
         self.switch = IsolationSwitch(sw.tau, sw.r_on, sw.r_off, sw.enabled)
         self.to(_DTYPES[cfg.dtype])
@@ -94,18 +98,33 @@ class ForceField(nn.Module):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_config(cls, config: dict | ModelConfig) -> "ForceField":
-        """Build an untrained model from the `model` config section (missing keys: defaults)."""
-        return cls(parse_model_config(config))
+    def from_config(cls, config: dict | ModelConfig, normalization: dict | Normalization | None = None) -> "ForceField":
+        """Build a model from the `model` config section (missing keys: defaults) and a
+        normalisation: a Normalization, or a dict of given values (NormalizationConfig keys;
+        the rest default), or None (all defaults: an untrained model)."""
+        cfg = parse_model_config(config)
+        if not isinstance(normalization, Normalization):
+            try:
+                normalization = default_normalization(cfg.species, normalization)
+            except ValidationError as exc:
+                raise ValueError(format_validation_error(exc, prefix="normalization")) from None
+        return cls(cfg, normalization)
 
     @torch.jit.unused
     def model_config(self) -> ModelConfig:
-        """The config that rebuilds this architecture (checkpoints store it with the weights)."""
-        cfg = self._config.model_copy(deep=True)
-        cfg.shift = {s: float(v) for s, v in zip(self.species, self.shift.tolist())}
-        cfg.e0 = {s: float(v) for s, v in zip(self.species, self.e0.tolist())}
-        cfg.scale = float(self.scale)
-        return cfg
+        """The architecture (checkpoints store it with the weights and the normalisation)."""
+        return self._config.model_copy(deep=True)
+
+    @torch.jit.unused
+    def normalization(self) -> Normalization:
+        """The normalisation this model carries now (its buffers), with its sources."""
+        return Normalization(
+            shift={s: float(v) for s, v in zip(self.species, self.shift.tolist())},
+            e0={s: float(v) for s, v in zip(self.species, self.e0.tolist())},
+            scale=float(self.scale),
+            avg_num_neighbors=self.avg_num_neighbors,
+            source=dict(self._normalization_source),
+        )
 
     @property
     def dtype(self) -> torch.dtype:

@@ -5,14 +5,18 @@ lists, tuples and dicts of them), so that it loads with `torch.load(weights_only
 loading a checkpoint somebody handed you never runs code. A file that needs anything else
 is refused, not unpickled.
 
-    {"format": "forcefield-checkpoint", "version": 2,
-     "model_config": <ModelConfig as a JSON-able dict>,   # rebuilds the architecture
+    {"format": "forcefield-checkpoint", "version": 3,
+     "model_config": <ModelConfig as a JSON-able dict>,   # the architecture
+     "normalization": <Normalization as a JSON-able dict>,  # shift, scale, E0,
+                                                          # avg_num_neighbors and their sources
      "model_state": <state_dict to evaluate with>,        # the EMA weights when EMA is on
      ... training state (optimizer, schedule, EMA, RNG states as plain data, epoch,
          the position inside an epoch cut short by max_time) for --resume ...}
 
-Version 1 (the first release) had the same content without the schedule state; it is read
-as well. A newer version than this code knows is refused with a message saying so.
+Versions 1 and 2 kept the normalisation inside model_config (keys e0, shift, scale,
+avg_num_neighbors); reading them splits it off (source "unrecorded"). Version 1 (the first
+release) also had no schedule state and predates the product basis (correlation 1).
+A newer version than this code knows is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ import torch
 from forcefield.atomic_io import save_torch
 from forcefield.errors import InputError
 from forcefield.model.forcefield import ForceField
+from forcefield.model.normalization import Normalization, default_normalization, split_legacy_model_config
 
 CHECKPOINT_FORMAT = "forcefield-checkpoint"
-CHECKPOINT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+CHECKPOINT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def write_checkpoint(ckpt: dict, path: str | Path) -> None:
@@ -61,15 +66,33 @@ def read_checkpoint(path: str | Path) -> dict:
             f"{path}: checkpoint format version {version!r}; this forcefield reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))} (written by a newer release?)"
         )
-    if version == 1 and isinstance(ckpt.get("model_config"), dict):
+    if not isinstance(ckpt.get("model_config"), dict):
+        raise InputError(f"{path}: checkpoint has no model_config")
+    if version == 1:
         # version 1 predates the product basis: its models are two-body (correlation 1)
         ckpt["model_config"].setdefault("correlation", 1)
+    if version < 3:
+        ckpt["model_config"], ckpt["normalization"] = _legacy_normalization(ckpt["model_config"])
     return ckpt
+
+
+def _legacy_normalization(model_config: dict):
+    """(architecture, normalisation dict) of a version 1-2 model_config, which held both."""
+    arch, given = split_legacy_model_config(model_config)
+    species = arch.get("species") or []
+    norm = default_normalization(species, given)
+    norm.source = {
+        "shift": "unrecorded",
+        "e0": {s: "unrecorded" for s in species},
+        "scale": "unrecorded",
+        "avg_num_neighbors": "unrecorded",
+    }
+    return arch, norm.model_dump(mode="json")
 
 
 def model_from_checkpoint(path: str | Path) -> ForceField:
     ckpt = read_checkpoint(path)
-    model = ForceField.from_config(ckpt["model_config"])
+    model = ForceField.from_config(ckpt["model_config"], Normalization.model_validate(ckpt["normalization"]))
     model.load_state_dict(ckpt["model_state"])
     model.eval()
     return model

@@ -1,4 +1,4 @@
-"""The training config file (YAML): data, model, dens and training sections (docs/design.md,
+"""The training config file (YAML): data, model, normalization, dens and training sections (docs/design.md,
 section "Training recipe").
 
 Every section forbids unknown keys, so a misspelt key is an error that names it.
@@ -8,6 +8,7 @@ Every section forbids unknown keys, so a misspelt key is an error that names it.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal, Optional, Tuple, Union
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from forcefield.errors import InputError
 from forcefield.model.config import ModelConfig, format_validation_error
+from forcefield.model.normalization import LEGACY_MODEL_KEYS, NormalizationConfig
 
 
 class DataConfig(BaseModel):
@@ -110,6 +112,7 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
     data: DataConfig
     model: ModelConfig
+    normalization: NormalizationConfig = Field(default_factory=NormalizationConfig)
     dens: DensConfig = Field(default_factory=DensConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
@@ -136,7 +139,8 @@ def load_config(source: Union[str, Path, dict], base_dir: Optional[Path] = None)
             raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
         base_dir = base_dir or path.parent
         if not isinstance(raw, dict):
-            raise InputError(f"{path}: expected a mapping with sections data, model, dens, training")
+            raise InputError(f"{path}: expected a mapping with sections data, model, normalization, dens, training")
+    raw = move_legacy_normalization(raw, where)
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
@@ -151,6 +155,41 @@ def load_config(source: Union[str, Path, dict], base_dir: Optional[Path] = None)
                     value = str((Path(base_dir) / value).resolve())
                 setattr(d, key, value)
     return cfg
+
+
+def move_legacy_normalization(raw: dict, where: str = "config") -> dict:
+    """A config written before the `normalization` section existed kept e0 and shift in
+    `model` (used as given) and scale and avg_num_neighbors there too (always replaced by
+    the training-set values). Accept it: e0 and shift move to `normalization`, scale and
+    avg_num_neighbors are dropped as before, with a warning saying so. A key in both places
+    is an error."""
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if not isinstance(model, dict) or not any(k in model for k in LEGACY_MODEL_KEYS):
+        return raw
+    raw = dict(raw, model=dict(model))
+    norm = raw.get("normalization")
+    norm = dict(norm) if isinstance(norm, dict) else ({} if norm is None else norm)
+    moved = []
+    for key in LEGACY_MODEL_KEYS:
+        if key not in raw["model"]:
+            continue
+        value = raw["model"].pop(key)
+        if key in ("scale", "avg_num_neighbors") or value is None:
+            continue
+        if isinstance(norm, dict) and norm.get(key) is not None:
+            raise InputError(f"{where}: model.{key} and normalization.{key} are both given; keep normalization.{key}")
+        if isinstance(norm, dict):
+            norm[key] = value
+            moved.append(key)
+    raw["normalization"] = norm
+    warnings.warn(
+        f"{where}: model.e0 / model.shift / model.scale / model.avg_num_neighbors now live in the "
+        f"'normalization' section ({', '.join(moved) or 'nothing'} moved there; scale and "
+        "avg_num_neighbors under model were always replaced by the training-set values and are ignored)",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return raw
 
 
 def dump_config(cfg: Config) -> str:
@@ -179,15 +218,18 @@ model:
   num_basis: 8                # Bessel radial functions
   radial_hidden: 64           # width of the radial MLP
   dtype: float32              # float32 or float64 (whole model)
-  e0: null                    # {symbol: eV} isolated-atom energies; else from data, else = shift
-  shift: null                 # {symbol: eV}; null = least-squares fit on the training set
-  scale: 1.0                  # replaced by the force RMS of the training set
-  avg_num_neighbors: 10.0     # replaced by the training-set average
   switch:                     # smooth-min isolation switch: energy -> E0 for isolated atoms
     enabled: true
     tau: 0.1                  # softness of the minimum, Å
     r_on: null                # s = 1 below this soft-min distance (default 0.75 r_max)
     r_off: null               # s = 0 above it (default r_max)
+
+normalization:                # numbers fitted to the training set unless given here
+  e0: null                    # {symbol: eV} isolated-atom energies; null = from isolated atoms
+                              # in data.isolated_atoms / data.train, else E0 = shift
+  shift: null                 # {symbol: eV} per-species energy shift; null = least-squares fit
+  scale: null                 # eV; null = force RMS of the training set
+  avg_num_neighbors: null     # null = training-set average within r_max
 
 dens:                         # denoising non-equilibrium structures (training only)
   enabled: false              # off by default: see bench/README.md (it did not beat plain

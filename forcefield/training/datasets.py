@@ -11,6 +11,7 @@ from forcefield.data.graph import Graph, frame_to_graph
 from forcefield.data.split import extract_e0, train_valid_split
 from forcefield.data.statistics import avg_num_neighbors, avg_num_neighbors_of_graphs, fit_species_shift, force_rms
 from forcefield.errors import InputError
+from forcefield.model.normalization import Normalization
 from forcefield.training.config import Config
 
 
@@ -107,11 +108,12 @@ def load_datasets(cfg: Config) -> Datasets:
 def check_species_covered(cfg: Config, train: List[Frame], e0: Mapping[str, float]) -> None:
     """InputError naming the first species of model.species whose energy shift would be made
     up: it occurs in no training structure with an energy (when some have one) and neither
-    model.e0, data.isolated_atoms, isolated atoms in data.train nor model.shift gives it."""
+    normalization.e0, data.isolated_atoms, isolated atoms in data.train nor
+    normalization.shift gives it."""
     from ase.data import chemical_symbols
 
     m, d = cfg.model, cfg.data
-    given = set(e0) | set(m.shift or {})
+    given = set(e0) | set(cfg.normalization.shift or {})
     labelled = [f for f in train if f.energy is not None]
     seen = {chemical_symbols[int(z)] for f in (labelled or train) for z in f.numbers}
     for s in m.species:
@@ -120,31 +122,53 @@ def check_species_covered(cfg: Config, train: List[Frame], e0: Mapping[str, floa
         what = "structure with an energy" if labelled else "structure"
         raise InputError(
             f"model.species: element '{s}' occurs in no training {what} of {d.train}, so its "
-            "energy shift and E0 would be made up; give its isolated-atom energy in model.e0 "
+            "energy shift and E0 would be made up; give its isolated-atom energy in normalization.e0 "
             "or data.isolated_atoms, or remove it from model.species"
         )
 
 
-def statistics(cfg: Config, data: Datasets, train_graphs: Optional[Sequence[Graph]] = None) -> Dict[str, object]:
-    """shift (mu_Z), scale (force RMS), e0 and avg_num_neighbors for the model config.
+def fit_normalization(cfg: Config, data: Datasets, train_graphs: Optional[Sequence[Graph]] = None) -> Normalization:
+    """The model's normalisation: each value given in cfg.normalization is used as is, the
+    others come from the training set (shift: least-squares fit; scale: force RMS; E0:
+    isolated atoms in the data, else = shift; avg_num_neighbors: mean neighbour count).
     With `train_graphs` (the graphs of data.train at model.r_max, as the trainer builds them)
     the neighbours are counted on those instead of building every neighbour list again."""
-    m = cfg.model
+    m, given = cfg.model, cfg.normalization
+    given_e0 = {k: v for k, v in (given.e0 or {}).items()}
+    for key, table in (("e0", given_e0), ("shift", given.shift or {})):
+        for s in table:
+            if s not in m.species:
+                raise InputError(f"normalization.{key}: element '{s}' is not in model.species {list(m.species)}")
     e0 = dict(data.e0)
-    e0.update(m.e0 or {})
+    e0.update(given_e0)
     check_species_covered(cfg, data.train, e0)
-    shift = m.shift or fit_species_shift(data.train, m.species, e0=e0 or None)
-    if train_graphs is None:
+    if given.shift is not None:
+        shift = {s: float(given.shift.get(s, e0.get(s, 0.0))) for s in m.species}
+    else:
+        shift = fit_species_shift(data.train, m.species, e0=e0 or None)
+    if given.scale is not None:
+        scale = float(given.scale)
+    else:
+        scale = force_rms(data.train, shift)
+    if given.avg_num_neighbors is not None:
+        neighbours = float(given.avg_num_neighbors)
+    elif train_graphs is None:
         neighbours = avg_num_neighbors(data.train, m.r_max)
     else:
         neighbours = avg_num_neighbors_of_graphs(train_graphs)
-    return {"shift": shift, "scale": force_rms(data.train, shift), "e0": e0 or None, "avg_num_neighbors": neighbours}
 
+    def e0_source(s: str) -> str:
+        return "given" if s in given_e0 else "isolated_atoms" if s in data.e0 else "shift"
 
-def model_config_with_statistics(cfg: Config, stats: Dict[str, object]):
-    m = cfg.model.model_copy(deep=True)
-    m.shift = {k: float(v) for k, v in stats["shift"].items()}
-    m.scale = float(stats["scale"])
-    m.e0 = stats["e0"]
-    m.avg_num_neighbors = float(stats["avg_num_neighbors"])
-    return m
+    return Normalization(
+        shift={s: float(shift[s]) for s in m.species},
+        e0={s: float(e0.get(s, shift[s])) for s in m.species},
+        scale=float(scale),
+        avg_num_neighbors=float(neighbours),
+        source={
+            "shift": "given" if given.shift is not None else "fitted",
+            "e0": {s: e0_source(s) for s in m.species},
+            "scale": "given" if given.scale is not None else "fitted",
+            "avg_num_neighbors": "given" if given.avg_num_neighbors is not None else "fitted",
+        },
+    )

@@ -139,7 +139,7 @@ class DeNS:
         mc = model.model_config()
         self.config = config
         self.encoder = ForceEncoder(mc.lmax, model.irreps_dens).to(device, model.dtype)
-        self.head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden, mc.avg_num_neighbors).to(
+        self.head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden, model.avg_num_neighbors).to(
             device, model.dtype
         )
 

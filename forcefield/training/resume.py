@@ -3,10 +3,12 @@ machine) and the one-line refusal naming the others."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Dict
 
 from forcefield.errors import InputError
+from forcefield.training.config import move_legacy_normalization
 
 # config keys that may differ on --resume (budget and machine); anything else is refused
 RESUMABLE_KEYS = {
@@ -37,7 +39,11 @@ def config_changes(old: dict, new: dict) -> Dict[str, tuple]:
 
 
 def check_resume_config(old: dict, new: dict, where: Path) -> Dict[str, tuple]:
-    """The allowed changes; InputError naming the others."""
+    """The allowed changes; InputError naming the others. `old` may be a config saved
+    before the `normalization` section existed (its e0 / shift under `model`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        old = move_legacy_normalization(old)
     changes = config_changes(old, new)
     refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS}
     if refused:

@@ -27,11 +27,12 @@ from forcefield.atomic_io import write_text
 from forcefield.data.graph import frame_to_graph
 from forcefield.errors import InputError
 from forcefield.model.forcefield import ForceField
+from forcefield.model.normalization import Normalization
 from forcefield.model.serialization import read_checkpoint, write_checkpoint
 from forcefield.plots import learning_curve
 from forcefield.training.batches import make_batch
 from forcefield.training.config import Config, dump_config
-from forcefield.training.datasets import load_datasets, model_config_with_statistics, statistics
+from forcefield.training.datasets import fit_normalization, load_datasets
 from forcefield.training.dens import DeNS
 from forcefield.training.ema import EMA
 from forcefield.training.loss import batch_loss
@@ -103,9 +104,10 @@ class Trainer:
         self.valid_graphs = [frame_to_graph(f, self.species, self.r_max) for f in self.data.valid]
         if resume_ckpt is not None:
             model_cfg = resume_ckpt["model_config"]
+            norm = Normalization.model_validate(resume_ckpt["normalization"])
         else:
-            model_cfg = model_config_with_statistics(cfg, statistics(cfg, self.data, self.train_graphs))
-        self.model = ForceField.from_config(model_cfg).to(self.device)
+            model_cfg, norm = cfg.model, fit_normalization(cfg, self.data, self.train_graphs)
+        self.model = ForceField.from_config(model_cfg, norm).to(self.device)
         self.dtype = self.model.dtype
 
         self.dens: Optional[DeNS] = DeNS(cfg.dens, self.model, self.device) if cfg.dens.enabled else None
@@ -151,6 +153,7 @@ class Trainer:
     def _checkpoint(self) -> dict:
         return {
             "model_config": self.model.model_config().model_dump(mode="json"),
+            "normalization": self.model.normalization().model_dump(mode="json"),
             "model_state": {k: v.detach().cpu() for k, v in self._eval_state().items()},
             "raw_model_state": self.model.state_dict(),
             **(self.dens.state_dict() if self.dens is not None else {"encoder_state": None, "head_state": None}),

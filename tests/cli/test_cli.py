@@ -79,8 +79,8 @@ def test_template_is_a_complete_commented_config(tmp_path):
     text = ok(invoke("template")).stdout
     assert text.count("#") > 20
     raw = yaml.safe_load(text)
-    # every key of every section is spelled out (data, model, dens, training)
-    assert set(raw) == {"data", "model", "dens", "training"}
+    # every key of every section is spelled out
+    assert set(raw) == set(Config.model_fields) == {"data", "model", "normalization", "dens", "training"}
     for section in raw:
         fields = Config.model_fields[section].annotation.model_fields
         assert set(raw[section]) == set(fields), section

@@ -196,19 +196,20 @@ def test_coincident_atoms_in_training_and_evaluation(work):
 
 def test_species_without_data_is_refused(work):
     from forcefield.training.config import load_config
-    from forcefield.training.datasets import load_datasets, statistics
+    from forcefield.training.datasets import fit_normalization, load_datasets
 
     d, run = work["dir"], work["run"]
     kept = snapshot(run)
     cfg = dict(work["config"], model=dict(work["config"]["model"], species=["H", "C", "F", "N", "O"]))
-    user_error(invoke("train", write_config(d, "fluorine.yaml", cfg), "-o", d / "fresh"), "'F'", "model.e0")
+    user_error(invoke("train", write_config(d, "fluorine.yaml", cfg), "-o", d / "fresh"), "'F'", "normalization.e0")
     assert snapshot(run) == kept and not (d / "fresh").exists()
-    # with its E0 in model.e0 it is fine (N's comes from data.isolated_atoms): shift = E0
-    cfg["model"]["e0"] = {"F": -2713.0}
+    # with its E0 in normalization.e0 it is fine (N's comes from data.isolated_atoms): shift = E0
+    cfg["normalization"] = {"e0": {"F": -2713.0}}
     loaded = load_config(cfg)
-    stats = statistics(loaded, load_datasets(loaded))
-    assert stats["shift"]["F"] == stats["e0"]["F"] == -2713.0
-    assert stats["shift"]["N"] == stats["e0"]["N"] == pytest.approx(-1479.0665594928669)
+    stats = fit_normalization(loaded, load_datasets(loaded))
+    assert stats.shift["F"] == stats.e0["F"] == -2713.0
+    assert stats.shift["N"] == stats.e0["N"] == pytest.approx(-1479.0665594928669)
+    assert stats.source["e0"]["F"] == "given" and stats.source["e0"]["N"] == "isolated_atoms"
 
 
 # ----------------------------------------------------------------- 7. tracebacks for ordinary mistakes

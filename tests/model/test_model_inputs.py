@@ -72,7 +72,8 @@ def test_missing_species_in_config():
         ({"species": [], "r_max": 5.0}, ["species"]),
         ({"species": ["Cu", "Xy"]}, ["species", "Xy"]),
         ({"species": ["Cu", "Cu"]}, ["species", "duplicate"]),
-        ({"species": ["Cu"], "e0": {"Au": -1.0}}, ["e0", "Au"]),
+        ({"species": ["Cu"], "normalization": {"e0": {"Au": -1.0}}}, ["e0", "Au"]),
+        ({"species": ["Cu"], "normalization": {"scale": -1.0}}, ["normalization.scale"]),
         ({"species": ["Cu"], "r_max": -1.0}, ["r_max"]),
         ({"species": ["Cu"], "dtype": "float16"}, ["dtype"]),
         ({"species": ["Cu"], "chanels": 8}, ["chanels"]),
@@ -82,8 +83,10 @@ def test_missing_species_in_config():
     ],
 )
 def test_bad_config(cfg, words):
+    cfg = dict(cfg)
+    normalization = cfg.pop("normalization", None)
     with pytest.raises(ValueError) as err:
-        ForceField.from_config(cfg)
+        ForceField.from_config(cfg, normalization)
     for w in words:
         assert w in str(err.value), (w, str(err.value))
 

@@ -29,8 +29,8 @@ def loss(model, batch, encoder=None, head=None, coefficient=5.0):
 
 
 def tiny_model(lmax: int = 1, seed: int = 0) -> ForceField:
-    cfg = dict(TINY_MODEL, lmax=lmax, e0={"H": -13.57, "C": -1025.28, "O": -2035.57})
-    model = randomize(ForceField.from_config(cfg), seed)
+    cfg = dict(TINY_MODEL, lmax=lmax)
+    model = randomize(ForceField.from_config(cfg, {"e0": {"H": -13.57, "C": -1025.28, "O": -2035.57}}), seed)
     # a shift near the data's energy per atom keeps the energy loss O(1)
     with torch.no_grad():
         model.shift.copy_(torch.tensor([-13.6 - 4.7, -1025.3 - 4.7, -2035.6 - 4.7], dtype=F64))
@@ -41,7 +41,7 @@ def dens_modules(model: ForceField, seed: int = 1):
     torch.manual_seed(seed)
     mc = model.model_config()
     encoder = ForceEncoder(mc.lmax, model.irreps_dens).to(F64)
-    head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden, mc.avg_num_neighbors).to(F64)
+    head = NoiseHead(model, mc.channels, mc.num_basis, mc.radial_hidden, model.avg_num_neighbors).to(F64)
     return encoder, head
 
 
