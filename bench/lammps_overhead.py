@@ -64,8 +64,10 @@ def make_export(
     num_layers: int = 2,
     r_max: float = 5.0,
     seed: int = 0,
+    correlation: int = None,
 ) -> Path:
-    """A ForceField with random weights (timing does not depend on them), exported."""
+    """A ForceField with random weights (timing does not depend on them), exported.
+    correlation None: the default of this version."""
     from forcefield.export.torchscript import export_model
     from forcefield.model.forcefield import ForceField
 
@@ -78,6 +80,7 @@ def make_export(
             "channels": channels,
             "lmax": lmax,
             "dtype": dtype,
+            **({} if correlation is None else {"correlation": correlation}),
         },
         {"avg_num_neighbors": 40.0, "shift": {"Cu": -3.5, "Au": -3.8}, "e0": {"Cu": -0.2, "Au": -0.3}},
     )
@@ -229,11 +232,15 @@ def run_lammps(
     timeout: float = 3600,
     dump_inputs: Path = None,
     mem_limit_gb: float = None,
+    plugin: Path = None,
+    usage: dict = None,
 ) -> str:
     """Run `deck` in `workdir`; returns the log. dump_inputs: where the pair style saves
     the model inputs of its first evaluation (torch.load -> pos, species, edge_index,
     shifts, n_local). mem_limit_gb: address-space limit of LAMMPS (a clean allocation
-    failure instead of the kernel's OOM killer on a shared machine)."""
+    failure instead of the kernel's OOM killer on a shared machine). plugin: the plugin
+    file to load (default: this checkout's). usage: filled with this run's peak RSS (MB,
+    of its largest process) and page faults."""
     import resource
 
     def limit():
@@ -244,17 +251,26 @@ def run_lammps(
     from forcefield.export.plugin import lammps_env, lmp_executable, mpirun_executable
 
     (workdir / "in.lammps").write_text(deck)
-    env = {**os.environ, **lammps_env(), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, **lammps_env(plugin), "OMP_NUM_THREADS": str(threads)}
     env.pop("FORCEFIELD_DUMP_INPUTS", None)
     if dump_inputs is not None:
         env["FORCEFIELD_DUMP_INPUTS"] = str(dump_inputs)
     cmd = [lmp_executable(), "-in", "in.lammps", "-log", "log.lammps", "-screen", "none", "-nocite"]
     if nprocs > 1:
         cmd = [mpirun_executable(), "-np", str(nprocs)] + cmd
-    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=limit)
+    with open(workdir / "stdout.txt", "w") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit)
+        # wait4: this run's own resource usage (its largest process's peak RSS)
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if usage is not None:
+        usage.update(
+            peak_rss_mb=ru.ru_maxrss / 1024.0, minor_faults=ru.ru_minflt, sys_s=ru.ru_stime, user_s=ru.ru_utime
+        )
     log = (workdir / "log.lammps").read_text() if (workdir / "log.lammps").is_file() else ""
     if proc.returncode != 0:
-        raise RuntimeError(f"LAMMPS failed in {workdir}: {(log or proc.stdout + proc.stderr)[-2000:]}")
+        tail = (log or (workdir / "stdout.txt").read_text())[-2000:]
+        raise RuntimeError(f"LAMMPS failed in {workdir} (exit {proc.returncode}): {tail}")
     return log
 
 

@@ -1,20 +1,26 @@
-"""LAMMPS cost per atom-step against system size (CPU, one MPI rank).
+"""LAMMPS cost per atom-step against system size, this checkout against a baseline commit.
 
-    .venv/bin/python bench/lammps_scaling.py --sizes 1000 8000 32000
+    .venv/bin/python bench/lammps_scaling.py --sizes 1000 8000 32000 64000 100000 \\
+        --baseline f0df4c6 --baseline-sizes 1000 8000 16000 --output bench/results/lammps_scaling.json
 
-A random Cu-Au FCC alloy at 300 K, NVE, `pair_style forcefield` with a float32 model
-(channels 32, lmax 2, 2 layers, r_max 5 A, random weights: the cost does not depend on
-them). For each size: a warm-up run, then a few timed steps (fewer for larger systems);
-prints microseconds per atom-step, the atoms and edges the pair style sends to the model
-(rank 0's, from FORCEFIELD_DUMP_INPUTS), atoms sent per owned atom, and the peak memory
-of LAMMPS.
+A random Cu-Au FCC alloy at 300 K, NVE, `pair_style forcefield`, one thread per rank, the
+default float32 model of each version (channels 32, lmax 2, 2 layers, r_max 5 Å, random
+weights: the cost does not depend on them). Contenders:
 
-By default the pair style folds periodic images of owned atoms onto their owners, so on
-one rank it sends exactly the owned atoms (1.0 per owned atom) and the periodic graph's
-edges. --no-fold (FORCEFIELD_FOLD=0) sends them as ghost atoms instead (owned atoms + the
-ghosts within num_layers hops, as before folding): there the ghost shell (num_layers *
-r_max + skin deep) is a large part of the work for small boxes and a shrinking one for
-large boxes.
+- `ours`: this checkout (its default model, correlation 3 since the product basis);
+- `ours-corr1` (--correlation-1): this checkout with the two-body model (correlation 1),
+  the architecture the baseline had, so the pair-style and memory changes can be told apart
+  from the model's cost;
+- `baseline`: commit --baseline (default f0df4c6, issue 9's starting point), extracted with
+  `git archive` into the work folder, its own plugin built from its own sources and its own
+  export of its default model, run by the same LAMMPS.
+
+For each size the contenders run one after the other, alternating which goes first, so
+that they share the machine's momentary load. Each run: `run 0`, a warm-up run, then a few
+timed steps (fewer for larger systems). Reported per run: µs per atom-step (LAMMPS loop
+time), atoms and edges the pair style sent to the model (rank 0's, FORCEFIELD_DUMP_INPUTS),
+atoms sent per owned atom, peak RSS of the LAMMPS process (wait4, the largest rank) and
+per edge sent, minor page faults per step.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,115 +37,199 @@ from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from lammps_overhead import add_model_args, fcc_alloy, lammps_deck, make_export, parse_last_run, run_lammps, write_data  # noqa: E402
 
 
 def default_steps(n: int) -> int:
-    return 10 if n <= 2000 else 4 if n <= 10000 else 2
+    return 5 if n <= 2000 else 2 if n <= 20000 else 1
+
+
+_BASELINE_SETUP = """
+import sys, json
+from pathlib import Path
+sys.path.insert(0, str(Path.cwd() / "bench"))
+from forcefield.export.plugin import build_plugin
+from lammps_overhead import make_export
+plugin = build_plugin(Path(sys.argv[1]))
+model = make_export(Path(sys.argv[2]), "float32", 32, 2, 2, 5.0, 0)
+print(json.dumps({"plugin": str(plugin), "model": str(model)}))
+"""
+
+
+def prepare_baseline(ref: str, work: Path) -> dict:
+    """Extract `ref`, build its plugin and export its default model, all with its own code."""
+    src = work / "baseline_src"
+    src.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+    # `forcefield.export` is the top-level export/ folder (package-dir in pyproject.toml): make it
+    # importable from the extracted tree so that nothing of this checkout is used
+    if (src / "export").is_dir() and not (src / "forcefield" / "export").exists():
+        shutil.copytree(src / "export", src / "forcefield" / "export")
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _BASELINE_SETUP, str(work / "baseline_plugin"), str(work / "baseline_model.pt")],
+        cwd=src,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"baseline {ref}: setup failed: {proc.stderr[-2000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True, text=True)
+    return {"plugin": Path(out["plugin"]), "model": Path(out["model"]), "commit": commit.stdout.strip()}
+
+
+def measure(name: str, contender: dict, atoms, args, work: Path) -> dict:
+    n = len(atoms)
+    d = work / f"{name}_n{n}_np{args.nprocs}"
+    d.mkdir()
+    write_data(d / "data.lmp", atoms)
+    steps = args.steps or default_steps(n)
+    usage: dict = {}
+    t = time.perf_counter()
+    log = run_lammps(
+        d,
+        lammps_deck(contender["model"].resolve(), args.warmup, steps, args.skin),
+        args.threads,
+        nprocs=args.nprocs,
+        dump_inputs=d / "inputs.pt",
+        mem_limit_gb=args.mem_limit_gb,
+        plugin=contender["plugin"],
+        usage=usage,
+    )
+    wall = time.perf_counter() - t
+    sent = torch.load(d / "inputs.pt")  # what the pair style sent to the model (rank 0)
+    atoms_sent, edges_sent, owned = int(sent[0].shape[0]), int(sent[2].shape[1]), int(sent[4])
+    del sent
+    res = parse_last_run(log)
+    step_s = res["loop_s"] / res["steps"]
+    evaluations = 1 + args.warmup + res["steps"]  # run 0, warm-up, timed
+    row = {
+        "contender": name,
+        "atoms": n,
+        "nprocs": args.nprocs,
+        "threads": args.threads,
+        "steps": res["steps"],
+        "step_s": step_s,
+        "us_per_atom_step": 1e6 * step_s / n,
+        "atoms_sent": atoms_sent,
+        "edges_sent": edges_sent,
+        "owned_rank0": owned,
+        "atoms_sent_per_owned": atoms_sent / max(1, owned),
+        "edges_sent_per_owned": edges_sent / max(1, owned),
+        "peak_rss_mb": usage["peak_rss_mb"],
+        # per edge of the largest rank's input (rank 0's on one rank; approximate on several)
+        "peak_rss_bytes_per_edge": usage["peak_rss_mb"] * 2**20 / max(1, edges_sent),
+        "minor_faults_per_evaluation": usage["minor_faults"] / evaluations,
+        "sys_s": usage["sys_s"],
+        "user_s": usage["user_s"],
+        "wall_s": wall,
+        "load_avg_1min": os.getloadavg()[0],
+        "step0_energy": res["step0_energy"],
+    }
+    shutil.rmtree(d, ignore_errors=True)
+    return row
+
+
+def print_table(rows) -> None:
+    print(
+        "| contender | atoms | ranks | µs / atom-step | atoms sent per owned (rank 0) | edges sent (rank 0) "
+        "| peak RSS (MB) | bytes / edge | page faults / evaluation | load |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['contender']} | {r['atoms']} | {r['nprocs']} | {r['us_per_atom_step']:.0f} "
+            f"| {r['atoms_sent_per_owned']:.2f} | {r['edges_sent']} | {r['peak_rss_mb']:.0f} "
+            f"| {r['peak_rss_bytes_per_edge']:.0f} | {r['minor_faults_per_evaluation']:.0f} | {r['load_avg_1min']:.1f} |"
+        )
+    by = {(r["contender"], r["atoms"], r["nprocs"]): r for r in rows}
+    for (name, n, npr), r in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        base = by.get(("baseline", n, npr))
+        if name != "baseline" and base is not None:
+            ratio = base["us_per_atom_step"] / r["us_per_atom_step"]
+            print(f"{name} vs baseline at {n} atoms, {npr} rank(s): {ratio:.2f}x fewer µs per atom-step")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 32000])
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 / 4 / 2 by size)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 5 / 2 / 1 by size)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nprocs", type=int, default=1, help="MPI ranks")
+    ap.add_argument("--baseline", default=None, help="git ref to compare against (issue 9's start: f0df4c6)")
     ap.add_argument(
-        "--no-fold",
-        action="store_true",
-        help="FORCEFIELD_FOLD=0: periodic images as ghost atoms (the pre-folding path)",
+        "--baseline-sizes", type=int, nargs="*", default=None, help="sizes for the baseline (default: --sizes)"
     )
+    ap.add_argument("--correlation-1", action="store_true", help="also run this checkout's two-body model")
     add_model_args(ap)
-    ap.add_argument(
-        "--mem-limit-gb",
-        type=float,
-        default=None,
-        help="address-space limit for LAMMPS (fail cleanly instead of the OOM killer)",
-    )
-    ap.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
+    ap.add_argument("--mem-limit-gb", type=float, default=None, help="address-space limit per LAMMPS process")
+    ap.add_argument("--output", type=Path, default=None, help="write (and extend) the rows as JSON here")
     args = ap.parse_args(argv)
 
     from forcefield.export.plugin import build_plugin
 
-    build_plugin()
-    os.environ["FORCEFIELD_FOLD"] = "0" if args.no_fold else "1"  # run_lammps passes os.environ on
+    plugin = build_plugin()
     rows = []
+    if args.output and args.output.is_file():
+        rows = json.loads(args.output.read_text()).get("rows", [])
     with tempfile.TemporaryDirectory(prefix="ff-lammps-scaling-") as tmp:
         work = Path(tmp)
-        model_path = make_export(
-            work / "model.pt", args.dtype, args.channels, args.lmax, args.num_layers, args.r_max, args.seed
-        )
-        for size in args.sizes:
+        contenders = {
+            "ours": {
+                "plugin": plugin,
+                "model": make_export(
+                    work / "ours.pt", args.dtype, args.channels, args.lmax, args.num_layers, args.r_max, args.seed
+                ),
+            }
+        }
+        if args.correlation_1:
+            contenders["ours-corr1"] = {
+                "plugin": plugin,
+                "model": make_export(
+                    work / "ours1.pt",
+                    args.dtype,
+                    args.channels,
+                    args.lmax,
+                    args.num_layers,
+                    args.r_max,
+                    args.seed,
+                    correlation=1,
+                ),
+            }
+        if args.baseline:
+            contenders["baseline"] = prepare_baseline(args.baseline, work)
+            print(f"baseline: {contenders['baseline']['commit']}", flush=True)
+        for k, size in enumerate(args.sizes):
             atoms = fcc_alloy(size, seed=args.seed)
-            n = len(atoms)
-            d = work / f"n{n}"
-            d.mkdir()
-            write_data(d / "data.lmp", atoms)
-            steps = args.steps or default_steps(n)
-            t = time.perf_counter()
-            log = run_lammps(
-                d,
-                lammps_deck(model_path.resolve(), args.warmup, steps, args.skin),
-                args.threads,
-                nprocs=args.nprocs,
-                dump_inputs=d / "inputs.pt",
-                mem_limit_gb=args.mem_limit_gb,
-            )
-            wall = time.perf_counter() - t
-            # what the pair style sent to the model (rank 0)
-            sent = torch.load(d / "inputs.pt")
-            info = {
-                "atoms_sent": int(sent[0].shape[0]),
-                "edges_sent": int(sent[2].shape[1]),
-                "owned_rank0": int(sent[4]),
-                "atoms_sent_per_owned": sent[0].shape[0] / max(1, int(sent[4])),
-            }
-            del sent
-            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-            res = parse_last_run(log)
-            step_s = res["loop_s"] / res["steps"]
-            row = {
-                "atoms": n,
-                "steps": res["steps"],
-                "step_s": step_s,
-                "pair_s": res["pair_s"] / res["steps"],
-                "us_per_atom_step": 1e6 * step_s / n,
-                **info,
-                "us_per_sent_atom_step": (1e6 * step_s / info["atoms_sent"]) if args.nprocs == 1 else None,
-                "peak_rss_mb_max_so_far": peak_mb,
-                "wall_s": wall,
-                "nprocs": args.nprocs,
-                "threads": args.threads,
-                "fold": not args.no_fold,
-                "malloc_tuning": os.environ.get("FORCEFIELD_MALLOC_TUNING") == "1",
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            names = list(contenders)
+            if k % 2:
+                names.reverse()
+            for name in names:
+                if name == "baseline" and args.baseline_sizes is not None and size not in args.baseline_sizes:
+                    continue
+                try:
+                    row = measure(name, contenders[name], atoms, args, work)
+                except RuntimeError as exc:
+                    row = {"contender": name, "atoms": len(atoms), "nprocs": args.nprocs, "failed": str(exc)[-300:]}
+                    print(json.dumps(row), flush=True)
+                    continue
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if args.output:
+                    args.output.parent.mkdir(parents=True, exist_ok=True)
+                    args.output.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     print(
         f"\nmodel: {args.dtype}, channels {args.channels}, lmax {args.lmax}, {args.num_layers} layers, "
-        f"r_max {args.r_max}; {args.nprocs} MPI rank(s), {args.threads} thread(s); skin {args.skin}; "
-        f"periodic images {'as ghost atoms (--no-fold)' if args.no_fold else 'folded onto their owners'}"
+        f"r_max {args.r_max}; {args.threads} thread(s) per rank; skin {args.skin}"
     )
-    print(
-        "| atoms | timed steps | s / step | µs / atom-step | atoms sent, rank 0 (incl. ghosts) "
-        "| per owned atom | edges sent, rank 0 | µs / sent atom-step | peak RSS (MB) |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        per_sent = f"{r['us_per_sent_atom_step']:.0f}" if r["us_per_sent_atom_step"] else "-"
-        print(
-            f"| {r['atoms']} | {r['steps']} | {r['step_s']:.2f} | {r['us_per_atom_step']:.0f} | {r['atoms_sent']} "
-            f"| {r['atoms_sent_per_owned']:.2f} | {r['edges_sent']} | {per_sent} "
-            f"| {r['peak_rss_mb_max_so_far']:.0f} |"
-        )
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(
-            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2) + "\n"
-        )
+    print_table([r for r in rows if "failed" not in r])
 
 
 if __name__ == "__main__":

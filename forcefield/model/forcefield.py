@@ -12,7 +12,7 @@ others are ghost atoms whose forces LAMMPS folds back).
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -26,6 +26,11 @@ from forcefield.model.radial import BesselBasis, PolynomialEnvelope, edge_length
 from forcefield.model.switch import IsolationSwitch
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Edges per chunk of the inference path (`_inference`). Its per-edge intermediates live for
+# one chunk only; a chunk's largest tensor (edges x message width, float32) stays below the
+# 32 MB up to which glibc reuses freed heap memory instead of mapping fresh pages each step.
+DEFAULT_EDGE_CHUNK = 4096
 
 
 def hidden_irreps(channels: int, lmax: int) -> o3.Irreps:
@@ -91,6 +96,8 @@ class ForceField(nn.Module):
         self.register_buffer("e0", torch.tensor([norm.e0[s] for s in cfg.species], dtype=torch.float64))
         self.register_buffer("scale", torch.tensor(float(norm.scale), dtype=torch.float64))
         self._normalization_source = dict(norm.source)
+        # inference path (eval mode, create_graph False): edges per chunk; 0 = plain autograd
+        self.edge_chunk: int = DEFAULT_EDGE_CHUNK
         sw = cfg.switch
         self.switch = IsolationSwitch(sw.tau, sw.r_on, sw.r_off, sw.enabled)
         self.to(_DTYPES[cfg.dtype])
@@ -161,10 +168,7 @@ class ForceField(nn.Module):
         """Per-atom energies E_i (eV) and the intermediate features (for the DeNS head);
         `node_features` (irreps `irreps_dens`) are added to the features entering block `dens_layer`."""
         num_nodes = species.shape[0]
-        r = edge_lengths(edge_vec)
-        u = self.envelope(r)
-        edge_sh = self.spherical_harmonics(edge_vec / r.unsqueeze(-1))
-        edge_radial = self.radial_basis(r) * u.unsqueeze(-1)
+        r, u, edge_sh, edge_radial = self._edge_features(edge_vec)
         prune = 0 <= n_local < num_nodes
         layer_edges: List[torch.Tensor] = []
         if prune:
@@ -183,11 +187,8 @@ class ForceField(nn.Module):
                 h = layer(h, edge_sh[sel], edge_radial[sel], edge_index[:, sel], species)
             else:
                 h = layer(h, edge_sh, edge_radial, edge_index, species)
-        e = self.readout(h).squeeze(-1)
-
         s = self.switch(r, u, edge_index[0], num_nodes)
-        mu = self.shift[species]
-        node_energy = s * (self.scale * e + mu) + (1.0 - s) * self.e0[species]
+        node_energy = self._energy_of_features(h, s, species)
         return {
             "node_energy": node_energy,
             "switch": s,
@@ -195,6 +196,135 @@ class ForceField(nn.Module):
             "edge_sh": edge_sh,
             "edge_radial": edge_radial,
         }
+
+    def _edge_features(self, edge_vec: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(r, envelope u(r), spherical harmonics, radial basis * u) of edge vectors."""
+        r = edge_lengths(edge_vec)
+        u = self.envelope(r)
+        edge_sh = self.spherical_harmonics(edge_vec / r.unsqueeze(-1))
+        edge_radial = self.radial_basis(r) * u.unsqueeze(-1)
+        return r, u, edge_sh, edge_radial
+
+    def _energy_of_features(self, h: torch.Tensor, s: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies from the last block's features and the switch."""
+        e = self.readout(h).squeeze(-1)
+        return s * (self.scale * e + self.shift[species]) + (1.0 - s) * self.e0[species]
+
+    def _inference(
+        self,
+        edge_vec: torch.Tensor,
+        species: torch.Tensor,
+        edge_index: torch.Tensor,
+        n_local: int,
+        need_grad: bool,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(node_energy, switch, dE/d edge_vec) without a graph over all edges: the inference path.
+
+        Plain autograd keeps every block's per-edge intermediates (messages, radial weights,
+        tensor-product pieces: kilobytes per edge) until the backward pass. Here the forward
+        pass runs without a graph, keeping only node features, and the backward pass goes
+        block by block, from the last to the first, recomputing each chunk of `edge_chunk`
+        edges with a graph, taking its vector-Jacobian product and dropping it. Peak memory
+        is then the node features plus a few numbers per edge plus one chunk; the price is
+        one more evaluation of the messages. The result is the same gradient (the sums are
+        only ordered differently): tests/model/test_model_inference.py.
+        """
+        num_nodes = species.shape[0]
+        n_edges = edge_vec.shape[0]
+        chunk = max(1, self.edge_chunk)
+        prune = 0 <= n_local < num_nodes
+        layer_edges: List[torch.Tensor] = []
+        if prune:
+            layer_edges = self._layer_edges(edge_index, num_nodes, n_local)
+        edge_vec = edge_vec.detach()
+        hs: List[torch.Tensor] = []
+        aggs: List[torch.Tensor] = []
+        with torch.no_grad():
+            h = self.embedding(species)
+            for k, layer in enumerate(self.layers):
+                sel = layer_edges[k] if prune else torch.arange(n_edges, device=edge_vec.device)
+                x = layer.linear_up(h)
+                agg = torch.zeros(0, device=h.device, dtype=h.dtype)
+                for start in range(0, sel.shape[0], chunk):
+                    ids = sel[start : start + chunk]
+                    _, _, sh, radial = self._edge_features(edge_vec[ids])
+                    m = layer.messages(x[edge_index[1, ids]], sh, radial)
+                    if agg.shape[0] == 0:
+                        agg = torch.zeros((num_nodes, m.shape[1]), device=h.device, dtype=h.dtype)
+                    agg.index_add_(0, edge_index[0, ids], m)
+                if agg.shape[0] == 0:  # no edge at all in this block
+                    agg = torch.zeros((num_nodes, layer.message_dim), device=h.device, dtype=h.dtype)
+                agg = agg * layer.inv_avg_num_neighbors
+                hs.append(h)
+                aggs.append(agg)
+                h = layer.update(agg, h, species)
+
+        # the switch and the readout, with a graph (a few numbers per edge and per atom)
+        n_energy = num_nodes if n_local < 0 else n_local
+        ev = edge_vec.clone().requires_grad_(need_grad)
+        r = edge_lengths(ev)
+        s = self.switch(r, self.envelope(r), edge_index[0], num_nodes)
+        h_last = h.detach().requires_grad_(need_grad)
+        node_energy = self._energy_of_features(h_last, s, species)
+        g_edge = torch.zeros_like(edge_vec)
+        if not need_grad:
+            return node_energy.detach(), s.detach(), g_edge
+        grads = torch.autograd.grad([node_energy[:n_energy].sum()], [h_last, ev], allow_unused=True)
+        g_h = grads[0]
+        g_switch = grads[1]
+        if g_switch is not None:
+            g_edge = g_switch
+        if g_h is None:
+            g_h = torch.zeros_like(h)
+
+        # last block first (TorchScript indexes a ModuleList only by a literal, hence the
+        # inner loop that picks block j)
+        for j in range(len(self.layers) - 1, -1, -1):
+            for k, block in enumerate(self.layers):
+                if k == j:
+                    sel = layer_edges[k] if prune else torch.arange(n_edges, device=edge_vec.device)
+                    h_in = hs[k].requires_grad_(k > 0)
+                    agg = aggs[k].requires_grad_(True)
+                    # node part of the block: the gradient reaching its aggregated messages
+                    out = block.update(agg, h_in, species)
+                    g_out: List[Optional[torch.Tensor]] = [g_h]
+                    if k > 0:
+                        gs = torch.autograd.grad([out], [agg, h_in], g_out)
+                        g_self = gs[1]
+                    else:
+                        gs = torch.autograd.grad([out], [agg], g_out)
+                        g_self = None
+                    g_agg = gs[0]
+                    assert g_agg is not None
+                    g_agg = g_agg * block.inv_avg_num_neighbors
+                    x = block.linear_up(h_in)
+                    xd = x.detach()
+                    g_x = torch.zeros_like(xd)
+                    # edge part, one chunk at a time: recompute, take the product with g_agg, drop
+                    for start in range(0, sel.shape[0], chunk):
+                        ids = sel[start : start + chunk]
+                        nbr = edge_index[1, ids]
+                        ev_c = edge_vec[ids].requires_grad_(True)
+                        _, _, sh, radial = self._edge_features(ev_c)
+                        x_j = xd[nbr].requires_grad_(k > 0)
+                        m = block.messages(x_j, sh, radial)
+                        g_m: List[Optional[torch.Tensor]] = [g_agg[edge_index[0, ids]]]
+                        if k > 0:
+                            gc = torch.autograd.grad([m], [x_j, ev_c], g_m)
+                            g_xj = gc[0]
+                            assert g_xj is not None
+                            g_x.index_add_(0, nbr, g_xj)
+                            g_ev = gc[1]
+                        else:
+                            g_ev = torch.autograd.grad([m], [ev_c], g_m)[0]
+                        assert g_ev is not None
+                        g_edge.index_add_(0, ids, g_ev)
+                    if g_self is not None:
+                        g_xs: List[Optional[torch.Tensor]] = [g_x]
+                        g_up = torch.autograd.grad([x], [h_in], g_xs)[0]
+                        assert g_up is not None
+                        g_h = g_self + g_up
+        return node_energy.detach(), s.detach(), g_edge
 
     def forward(
         self,
@@ -222,9 +352,14 @@ class ForceField(nn.Module):
         """
         edge_vec = pos[edge_index[1]] - pos[edge_index[0]] + shifts
         need_grad = compute_forces or compute_virial
-        if need_grad and not edge_vec.requires_grad:
-            edge_vec.requires_grad_(True)
-        out = self.node_energies(edge_vec, species, edge_index, node_features, n_local)
+        g: Optional[torch.Tensor] = None
+        if self.edge_chunk > 0 and not self.training and not create_graph and node_features is None:
+            node_energy, s, g = self._inference(edge_vec, species, edge_index, n_local, need_grad)
+            out: Dict[str, torch.Tensor] = {"node_energy": node_energy, "switch": s}
+        else:
+            if need_grad and not edge_vec.requires_grad:
+                edge_vec.requires_grad_(True)
+            out = self.node_energies(edge_vec, species, edge_index, node_features, n_local)
         node_energy = out["node_energy"]
         n_energy = node_energy.shape[0] if n_local < 0 else n_local
         counted = node_energy[:n_energy]
@@ -233,8 +368,9 @@ class ForceField(nn.Module):
         out["energy"] = energy
 
         if need_grad:
-            grads = torch.autograd.grad([counted.sum()], [edge_vec], create_graph=create_graph, allow_unused=True)
-            g = grads[0]
+            if g is None:
+                grads = torch.autograd.grad([counted.sum()], [edge_vec], create_graph=create_graph, allow_unused=True)
+                g = grads[0]
             if g is None:
                 g = torch.zeros_like(edge_vec)
             if compute_forces:

@@ -73,6 +73,7 @@ class Interaction(nn.Module):
         self.tp = o3.TensorProduct(
             irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
         )
+        self.message_dim: int = self.tp.irreps_out.dim
         self.radial = e3nn_nn.FullyConnectedNet(
             [num_basis, radial_hidden, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu
         )
@@ -99,6 +100,20 @@ class Interaction(nn.Module):
             self.linear_down = o3.Linear(irreps_mid.simplify(), irreps_pre)
         self.self_connection = o3.Linear(irreps_in, irreps_pre)
 
+    def messages(self, x_j: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor) -> torch.Tensor:
+        """Per-edge messages from the neighbours' up-projected features x_j = linear_up(h)[j]."""
+        return self.tp(x_j, edge_sh, self.radial(edge_radial))
+
+    def update(self, agg: torch.Tensor, h: torch.Tensor, species: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """New node features from the aggregated (already normalised) messages and the old ones."""
+        product = self.product
+        linear_agg = self.linear_agg
+        if product is not None and linear_agg is not None:
+            if species is None:
+                raise RuntimeError("Interaction with a product basis needs the species")
+            agg = product(linear_agg(agg), species)
+        return self.act(self.linear_down(agg) + self.self_connection(h))
+
     def forward(
         self,
         h: torch.Tensor,
@@ -108,14 +123,7 @@ class Interaction(nn.Module):
         species: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         center, neighbour = edge_index[0], edge_index[1]
-        weights = self.radial(edge_radial)
-        messages = self.tp(self.linear_up(h)[neighbour], edge_sh, weights)
+        messages = self.messages(self.linear_up(h)[neighbour], edge_sh, edge_radial)
         agg = torch.zeros((h.shape[0], messages.shape[1]), dtype=messages.dtype, device=messages.device)
         agg = agg.index_add(0, center, messages) * self.inv_avg_num_neighbors
-        product = self.product
-        linear_agg = self.linear_agg
-        if product is not None and linear_agg is not None:
-            if species is None:
-                raise RuntimeError("Interaction with a product basis needs the species")
-            agg = product(linear_agg(agg), species)
-        return self.act(self.linear_down(agg) + self.self_connection(h))
+        return self.update(agg, h, species)
