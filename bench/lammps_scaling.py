@@ -15,6 +15,10 @@ weights: the cost does not depend on them). Contenders:
   `git archive` into the work folder, its own plugin built from its own sources and its own
   export of its default model, run by the same LAMMPS.
 
+--slab: the demo's 64-atom slab (run with --sizes 64 --channels 16 --r-max 6, the demo's
+model; its z images are farther than the ghost cutoff, so `boundary p p p` is the demo's
+`p p m`).
+
 For each size the contenders run one after the other, alternating which goes first, so
 that they share the machine's momentary load. Each run: `run 0`, a warm-up run, then a few
 timed steps (fewer for larger systems). Reported per run: µs per atom-step (LAMMPS loop
@@ -44,7 +48,14 @@ from lammps_overhead import add_model_args, fcc_alloy, lammps_deck, make_export,
 
 
 def default_steps(n: int) -> int:
-    return 5 if n <= 2000 else 2 if n <= 20000 else 1
+    return 100 if n <= 100 else 5 if n <= 2000 else 2 if n <= 20000 else 1
+
+
+def demo_slab():
+    """The demo's 64-atom Cu-Au(111) slab (periodic in x and y, 24 Å of vacuum in z)."""
+    from forcefield.demo.run import slab_with_evaporators
+
+    return slab_with_evaporators((4, 4, 4))[0]
 
 
 _BASELINE_SETUP = """
@@ -54,12 +65,13 @@ sys.path.insert(0, str(Path.cwd() / "bench"))
 from forcefield.export.plugin import build_plugin
 from lammps_overhead import make_export
 plugin = build_plugin(Path(sys.argv[1]))
-model = make_export(Path(sys.argv[2]), "float32", 32, 2, 2, 5.0, 0)
+a = json.loads(sys.argv[3])
+model = make_export(Path(sys.argv[2]), a["dtype"], a["channels"], a["lmax"], a["num_layers"], a["r_max"], a["seed"])
 print(json.dumps({"plugin": str(plugin), "model": str(model)}))
 """
 
 
-def prepare_baseline(ref: str, work: Path) -> dict:
+def prepare_baseline(ref: str, work: Path, args) -> dict:
     """Extract `ref`, build its plugin and export its default model, all with its own code."""
     src = work / "baseline_src"
     src.mkdir()
@@ -71,7 +83,14 @@ def prepare_baseline(ref: str, work: Path) -> dict:
         shutil.copytree(src / "export", src / "forcefield" / "export")
     env = {**os.environ, "PYTHONPATH": str(src)}
     proc = subprocess.run(
-        [sys.executable, "-c", _BASELINE_SETUP, str(work / "baseline_plugin"), str(work / "baseline_model.pt")],
+        [
+            sys.executable,
+            "-c",
+            _BASELINE_SETUP,
+            str(work / "baseline_plugin"),
+            str(work / "baseline_model.pt"),
+            json.dumps({k: getattr(args, k) for k in ("dtype", "channels", "lmax", "num_layers", "r_max", "seed")}),
+        ],
         cwd=src,
         env=env,
         capture_output=True,
@@ -146,7 +165,8 @@ def print_table(rows) -> None:
         print(
             f"| {r['contender']} | {r['atoms']} | {r['nprocs']} | {r['us_per_atom_step']:.0f} "
             f"| {r['atoms_sent_per_owned']:.2f} | {r['edges_sent']} | {r['peak_rss_mb']:.0f} "
-            f"| {r['peak_rss_bytes_per_edge']:.0f} | {r['minor_faults_per_evaluation']:.0f} | {r['load_avg_1min']:.1f} |"
+            f"| {r['peak_rss_bytes_per_edge']:.0f} | {r['minor_faults_per_evaluation']:.0f} "
+            f"| {r['load_avg_1min']:.1f} |"
         )
     by = {(r["contender"], r["atoms"], r["nprocs"]): r for r in rows}
     for (name, n, npr), r in sorted(by.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
@@ -168,6 +188,12 @@ def main(argv=None) -> None:
         "--baseline-sizes", type=int, nargs="*", default=None, help="sizes for the baseline (default: --sizes)"
     )
     ap.add_argument("--correlation-1", action="store_true", help="also run this checkout's two-body model")
+    ap.add_argument(
+        "--slab",
+        action="store_true",
+        help="the demo's 64-atom slab instead of the FCC alloy (use with --sizes 64 --channels 16 --r-max 6, "
+        "the demo's model)",
+    )
     add_model_args(ap)
     ap.add_argument("--mem-limit-gb", type=float, default=None, help="address-space limit per LAMMPS process")
     ap.add_argument("--output", type=Path, default=None, help="write (and extend) the rows as JSON here")
@@ -204,10 +230,10 @@ def main(argv=None) -> None:
                 ),
             }
         if args.baseline:
-            contenders["baseline"] = prepare_baseline(args.baseline, work)
+            contenders["baseline"] = prepare_baseline(args.baseline, work, args)
             print(f"baseline: {contenders['baseline']['commit']}", flush=True)
         for k, size in enumerate(args.sizes):
-            atoms = fcc_alloy(size, seed=args.seed)
+            atoms = fcc_alloy(size, seed=args.seed) if not args.slab else demo_slab()
             names = list(contenders)
             if k % 2:
                 names.reverse()
