@@ -72,25 +72,27 @@ print(json.dumps({"plugin": str(plugin), "model": str(model)}))
 
 
 def prepare_baseline(ref: str, work: Path, args) -> dict:
-    """Extract `ref`, build its plugin and export its default model, all with its own code."""
-    src = work / "baseline_src"
-    src.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-    # `forcefield.export` is the top-level export/ folder (package-dir in pyproject.toml): make it
-    # importable from the extracted tree so that nothing of this checkout is used
-    if (src / "export").is_dir() and not (src / "forcefield" / "export").exists():
-        shutil.copytree(src / "export", src / "forcefield" / "export")
+    """Extract `ref`, build its plugin and export its default model, all with its own code.
+    Kept in ~/.cache/forcefield-bench/baseline-<commit> and reused by later runs."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "forcefield-bench" / f"baseline-{commit}"
+    src = home / "src"
+    if not (src / "forcefield").is_dir():
+        shutil.rmtree(src, ignore_errors=True)
+        src.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        # `forcefield.export` is the top-level export/ folder (package-dir in pyproject.toml):
+        # make it importable from the extracted tree so that nothing of this checkout is used
+        if (src / "export").is_dir() and not (src / "forcefield" / "export").exists():
+            shutil.copytree(src / "export", src / "forcefield" / "export")
+    arch = {k: getattr(args, k) for k in ("dtype", "channels", "lmax", "num_layers", "r_max", "seed")}
+    model = home / ("model_" + "_".join(f"{k}{v}" for k, v in arch.items()) + ".pt")
     env = {**os.environ, "PYTHONPATH": str(src)}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _BASELINE_SETUP,
-            str(work / "baseline_plugin"),
-            str(work / "baseline_model.pt"),
-            json.dumps({k: getattr(args, k) for k in ("dtype", "channels", "lmax", "num_layers", "r_max", "seed")}),
-        ],
+        [sys.executable, "-c", _BASELINE_SETUP, str(home / "plugin"), str(model), json.dumps(arch)],
         cwd=src,
         env=env,
         capture_output=True,
@@ -99,8 +101,7 @@ def prepare_baseline(ref: str, work: Path, args) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"baseline {ref}: setup failed: {proc.stderr[-2000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True, text=True)
-    return {"plugin": Path(out["plugin"]), "model": Path(out["model"]), "commit": commit.stdout.strip()}
+    return {"plugin": Path(out["plugin"]), "model": Path(out["model"]), "commit": commit}
 
 
 def measure(name: str, contender: dict, atoms, args, work: Path) -> dict:
