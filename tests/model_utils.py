@@ -93,6 +93,12 @@ def make_model(
     return model
 
 
+def call_model(model: ForceField, b: dict, num_graphs: int, **kwargs) -> Dict[str, torch.Tensor]:
+    """The model on a collated batch `b` (forces on; keyword arguments of forward pass through)."""
+    kwargs.setdefault("compute_forces", True)
+    return model(b["pos"], b["species"], b["edge_index"], b["shifts"], b["batch"], num_graphs, **kwargs)
+
+
 def evaluate(model: ForceField, atoms_list, virial: bool = False) -> Dict[str, np.ndarray]:
     """Batch-evaluate a list of Atoms (or one Atoms) in the model's dtype.
 
@@ -104,16 +110,7 @@ def evaluate(model: ForceField, atoms_list, virial: bool = False) -> Dict[str, n
         atoms_list = [atoms_list]
     graphs = [atoms_to_graph(a, model.species, model.r_max) for a in atoms_list]
     b = collate(graphs, dtype=model.dtype)
-    out = model(
-        b["pos"],
-        b["species"],
-        b["edge_index"],
-        b["shifts"],
-        b["batch"],
-        len(graphs),
-        compute_forces=True,
-        compute_virial=virial,
-    )
+    out = call_model(model, b, len(graphs), compute_virial=virial)
     res = {k: out[k].detach().double().numpy() for k in ("energy", "forces", "node_energy", "switch")}
     if virial:
         vol = np.array([a.get_volume() if a.pbc.all() else np.nan for a in atoms_list])

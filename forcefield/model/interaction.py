@@ -23,6 +23,7 @@ from e3nn import nn as e3nn_nn
 from e3nn import o3
 from torch import nn
 
+from forcefield.model.fast_tp import ChannelwiseTP
 from forcefield.model.product import ProductBasis
 
 
@@ -73,6 +74,9 @@ class Interaction(nn.Module):
         self.tp = o3.TensorProduct(
             irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
         )
+        # what runs: the same product contracted in a cheaper order, channel-major messages
+        # (forcefield/model/fast_tp.py); self.tp stays as its reference and in the state dict
+        self.tp_fast = ChannelwiseTP(self.tp)
         self.message_dim: int = self.tp.irreps_out.dim
         self.radial = e3nn_nn.FullyConnectedNet(
             [num_basis, radial_hidden, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu
@@ -101,11 +105,13 @@ class Interaction(nn.Module):
         self.self_connection = o3.Linear(irreps_in, irreps_pre)
 
     def messages(self, x_j: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor) -> torch.Tensor:
-        """Per-edge messages from the neighbours' up-projected features x_j = linear_up(h)[j]."""
-        return self.tp(x_j, edge_sh, self.radial(edge_radial))
+        """Per-edge messages from the neighbours' up-projected features x_j = linear_up(h)[j],
+        channel-major (ChannelwiseTP's layout; `update` takes their sum to e3nn's)."""
+        return self.tp_fast(x_j, edge_sh, self.radial(edge_radial))
 
     def update(self, agg: torch.Tensor, h: torch.Tensor, species: Optional[torch.Tensor] = None) -> torch.Tensor:
         """New node features from the aggregated (already normalised) messages and the old ones."""
+        agg = self.tp_fast.to_e3nn_layout(agg)
         product = self.product
         linear_agg = self.linear_agg
         if product is not None and linear_agg is not None:

@@ -12,6 +12,7 @@ from ase.neighborlist import neighbor_list
 from model_utils import (
     R_MAX,
     SPECIES,
+    call_model,
     evaluate,
     fcc_cu,
     make_model,
@@ -194,17 +195,7 @@ def test_ghost_atoms_with_n_local(model):
     n = len(atoms)
     g = atoms_to_graph(cluster, model.species, model.r_max)
     b = collate([g], dtype=model.dtype)
-    out = model(
-        b["pos"],
-        b["species"],
-        b["edge_index"],
-        b["shifts"],
-        b["batch"],
-        1,
-        n_local=n,
-        compute_forces=True,
-        compute_virial=True,
-    )
+    out = call_model(model, b, 1, n_local=n, compute_virial=True)
     assert rel_err(out["energy"].detach().numpy(), ref["energy"]) < 1e-10
     assert rel_err(out["node_energy"][:n].detach().numpy(), ref["node_energy"]) < 1e-10
     folded = np.zeros((n, 3))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from ase import Atoms
 from e3nn.util.jit import script
-from model_utils import fcc_cu, make_model, molecule, one_thread, triclinic_cell  # noqa: F401
+from model_utils import call_model, fcc_cu, make_model, molecule, one_thread, triclinic_cell  # noqa: F401
 
 from forcefield.data.graph import atoms_to_graph, collate
 
@@ -19,17 +19,7 @@ KEYS = ("energy", "node_energy", "forces", "virial")
 
 def _run(model, batch, num_graphs, n_local=-1, training_path=False):
     model.train(training_path)
-    out = model(
-        batch["pos"],
-        batch["species"],
-        batch["edge_index"],
-        batch["shifts"],
-        batch["batch"],
-        num_graphs,
-        n_local=n_local,
-        compute_forces=True,
-        compute_virial=True,
-    )
+    out = call_model(model, batch, num_graphs, n_local=n_local, compute_virial=True)
     model.eval()
     return {k: out[k].detach().double().numpy() for k in KEYS}
 
@@ -95,16 +85,7 @@ def test_inference_path_scripted(tmp_path):
     scripted = script(model)
     scripted.save(str(tmp_path / "m.pt"))
     loaded = torch.jit.load(str(tmp_path / "m.pt"))
-    out = loaded(
-        batch["pos"],
-        batch["species"],
-        batch["edge_index"],
-        batch["shifts"],
-        batch["batch"],
-        n,
-        compute_forces=True,
-        compute_virial=True,
-    )
+    out = call_model(loaded, batch, n, compute_virial=True)
     _assert_same({k: out[k].detach().double().numpy() for k in KEYS}, eager, 1e-12)
 
 
@@ -113,14 +94,5 @@ def test_inference_path_keeps_no_graph():
     model = make_model(seed=6)
     model.edge_chunk = 16
     batch, n = _batch(model, [triclinic_cell()])
-    out = model(
-        batch["pos"],
-        batch["species"],
-        batch["edge_index"],
-        batch["shifts"],
-        batch["batch"],
-        n,
-        compute_forces=True,
-        compute_virial=True,
-    )
+    out = call_model(model, batch, n, compute_virial=True)
     assert all(out[k].grad_fn is None for k in KEYS)
