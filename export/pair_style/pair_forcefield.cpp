@@ -34,6 +34,7 @@
 ------------------------------------------------------------------------- */
 
 #include <torch/cuda.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/script.h>
 
 #include "pair_forcefield.h"
@@ -744,6 +745,10 @@ void PairForcefield::run_model(ForcefieldModelCall &call)
   // the model differentiates its energy inside forward(): make sure autograd
   // is on even if LAMMPS is driven from Python under torch.no_grad()
   torch::AutoGradMode enable_grad(true);
+  // TorchScript's profiling executor re-optimises the graph after two calls; on this
+  // model that gains no speed and its optimised graph keeps ~3x the memory alive
+  // (8k atoms: 1.6 GB instead of 0.55 GB; bench/README.md), so run it unoptimised
+  torch::jit::GraphOptimizerEnabledGuard no_graph_optimizer(false);
   c10::IValue result;
   std::string failure;
   bool failed = false;
