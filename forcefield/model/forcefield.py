@@ -244,16 +244,11 @@ class ForceField(nn.Module):
             for k, layer in enumerate(self.layers):
                 sel = layer_edges[k] if prune else torch.arange(n_edges, device=edge_vec.device)
                 x = layer.linear_up(h)
-                agg = torch.zeros(0, device=h.device, dtype=h.dtype)
+                agg = torch.zeros((num_nodes, layer.message_dim), device=h.device, dtype=h.dtype)
                 for start in range(0, sel.shape[0], chunk):
                     ids = sel[start : start + chunk]
                     _, _, sh, radial = self._edge_features(edge_vec[ids])
-                    m = layer.messages(x[edge_index[1, ids]], sh, radial)
-                    if agg.shape[0] == 0:
-                        agg = torch.zeros((num_nodes, m.shape[1]), device=h.device, dtype=h.dtype)
-                    agg.index_add_(0, edge_index[0, ids], m)
-                if agg.shape[0] == 0:  # no edge at all in this block
-                    agg = torch.zeros((num_nodes, layer.message_dim), device=h.device, dtype=h.dtype)
+                    agg.index_add_(0, edge_index[0, ids], layer.messages(x[edge_index[1, ids]], sh, radial))
                 agg = agg * layer.inv_avg_num_neighbors
                 hs.append(h)
                 aggs.append(agg)
