@@ -31,6 +31,8 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # one chunk only; a chunk's largest tensor (edges x message width, float32) stays below the
 # 32 MB up to which glibc reuses freed heap memory instead of mapping fresh pages each step.
 DEFAULT_EDGE_CHUNK = 4096
+# Atoms per chunk of the node updates in the inference path (same reason, per atom).
+DEFAULT_NODE_CHUNK = 2048
 
 
 def hidden_irreps(channels: int, lmax: int) -> o3.Irreps:
@@ -98,6 +100,7 @@ class ForceField(nn.Module):
         self._normalization_source = dict(norm.source)
         # inference path (eval mode, create_graph False): edges per chunk; 0 = plain autograd
         self.edge_chunk: int = DEFAULT_EDGE_CHUNK
+        self.node_chunk: int = DEFAULT_NODE_CHUNK
         sw = cfg.switch
         self.switch = IsolationSwitch(sw.tau, sw.r_on, sw.r_off, sw.enabled)
         self.to(_DTYPES[cfg.dtype])
@@ -232,6 +235,7 @@ class ForceField(nn.Module):
         num_nodes = species.shape[0]
         n_edges = edge_vec.shape[0]
         chunk = max(1, self.edge_chunk)
+        node_chunk = max(1, self.node_chunk)
         prune = 0 <= n_local < num_nodes
         layer_edges: List[torch.Tensor] = []
         if prune:
@@ -252,7 +256,13 @@ class ForceField(nn.Module):
                 agg = agg * layer.inv_avg_num_neighbors
                 hs.append(h)
                 aggs.append(agg)
-                h = layer.update(agg, h, species)
+                # the node update in chunks of atoms too: its temporaries (product basis) are
+                # several times the aggregate, and fresh ones for every atom would be mmaps
+                parts: List[torch.Tensor] = []
+                for start in range(0, num_nodes, node_chunk):
+                    stop = min(start + node_chunk, num_nodes)
+                    parts.append(layer.update(agg[start:stop], h[start:stop], species[start:stop]))
+                h = torch.cat(parts) if len(parts) != 1 else parts[0]
 
         # the switch and the readout, with a graph (a few numbers per edge and per atom)
         n_energy = num_nodes if n_local < 0 else n_local
@@ -279,19 +289,30 @@ class ForceField(nn.Module):
                 if k == j:
                     sel = layer_edges[k] if prune else torch.arange(n_edges, device=edge_vec.device)
                     h_in = hs[k].requires_grad_(k > 0)
-                    agg = aggs[k].requires_grad_(True)
-                    # node part of the block: the gradient reaching its aggregated messages
-                    out = block.update(agg, h_in, species)
-                    g_out: List[Optional[torch.Tensor]] = [g_h]
+                    # node part of the block, in chunks of atoms: the gradient reaching its
+                    # aggregated messages (g_agg) and, through the self-connection, its input
+                    g_aggs: List[torch.Tensor] = []
+                    g_selfs: List[torch.Tensor] = []
+                    for start in range(0, num_nodes, node_chunk):
+                        stop = min(start + node_chunk, num_nodes)
+                        agg_c = aggs[k][start:stop].requires_grad_(True)
+                        h_c = hs[k][start:stop].detach().requires_grad_(k > 0)
+                        out = block.update(agg_c, h_c, species[start:stop])
+                        g_out: List[Optional[torch.Tensor]] = [g_h[start:stop]]
+                        if k > 0:
+                            gs = torch.autograd.grad([out], [agg_c, h_c], g_out)
+                            g_s = gs[1]
+                            assert g_s is not None
+                            g_selfs.append(g_s)
+                        else:
+                            gs = torch.autograd.grad([out], [agg_c], g_out)
+                        g_a = gs[0]
+                        assert g_a is not None
+                        g_aggs.append(g_a)
+                    g_agg = torch.cat(g_aggs) * block.inv_avg_num_neighbors
+                    g_self: Optional[torch.Tensor] = None
                     if k > 0:
-                        gs = torch.autograd.grad([out], [agg, h_in], g_out)
-                        g_self = gs[1]
-                    else:
-                        gs = torch.autograd.grad([out], [agg], g_out)
-                        g_self = None
-                    g_agg = gs[0]
-                    assert g_agg is not None
-                    g_agg = g_agg * block.inv_avg_num_neighbors
+                        g_self = torch.cat(g_selfs)
                     x = block.linear_up(h_in)
                     xd = x.detach()
                     g_x = torch.zeros_like(xd)

@@ -52,6 +52,7 @@ def test_inference_path_equals_autograd(structures, correlation, chunk):
     reference = _run(model, batch, n, training_path=True)
     assert np.abs(reference["forces"]).max() > 1e-2  # nothing passes vacuously
     model.edge_chunk = chunk  # 100000: more than the edges, so plain autograd
+    model.node_chunk = chunk  # node updates in chunks of 1 and 7 atoms too
     _assert_same(_run(model, batch, n), reference, 1e-10)
     model.edge_chunk = 0  # 0: plain autograd in eval mode too
     _assert_same(_run(model, batch, n), reference, 1e-12)
@@ -65,7 +66,7 @@ def test_inference_path_with_ghost_pruning():
     atoms.pbc = False  # the outer atoms play the ghosts
     batch, n = _batch(model, [atoms])
     reference = _run(model, batch, n, n_local=20, training_path=True)
-    model.edge_chunk = 13
+    model.edge_chunk, model.node_chunk = 13, 10
     _assert_same(_run(model, batch, n, n_local=20), reference, 1e-10)
 
 
@@ -79,7 +80,7 @@ def test_inference_path_float32():
 
 def test_inference_path_scripted(tmp_path):
     model = make_model(seed=4)
-    model.edge_chunk = 11
+    model.edge_chunk, model.node_chunk = 11, 6
     batch, n = _batch(model, [triclinic_cell(), molecule()])
     eager = _run(model, batch, n)
     scripted = script(model)
