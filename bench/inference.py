@@ -143,7 +143,9 @@ def ours_script_step(atoms) -> Step:
     n = len(atoms)
 
     def step():
-        energy, _, forces, _ = module(b["pos"], b["species"], b["edge_index"], b["shifts"], n)
+        # as the pair style and the calculator run it: TorchScript's graph optimiser off
+        with torch.jit.optimized_execution(False):
+            energy, _, forces, _ = module(b["pos"], b["species"], b["edge_index"], b["shifts"], n)
         return energy, forces
 
     return step
