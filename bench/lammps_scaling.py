@@ -150,6 +150,7 @@ def measure(name: str, contender: dict, atoms, args, work: Path) -> dict:
         "user_s": usage["user_s"],
         "wall_s": wall,
         "load_avg_1min": os.getloadavg()[0],
+        "FORCEFIELD_MALLOC_TUNING": os.environ.get("FORCEFIELD_MALLOC_TUNING"),
         "step0_energy": res["step0_energy"],
     }
     shutil.rmtree(d, ignore_errors=True)
