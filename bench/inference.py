@@ -266,7 +266,7 @@ def profile_ours(n: int, warmup: int) -> int:
     handles = []
     for name, mod in (
         [("radial_mlp_L%d" % k, layer.radial) for k, layer in enumerate(model.layers)]
-        + [("tensor_product_L%d" % k, layer.tp) for k, layer in enumerate(model.layers)]
+        + [("tensor_product_L%d" % k, layer.tp_fast) for k, layer in enumerate(model.layers)]
         + [("linear_up_L%d" % k, layer.linear_up) for k, layer in enumerate(model.layers)]
         + [("linear_down_L%d" % k, layer.linear_down) for k, layer in enumerate(model.layers)]
         + [("gate_L%d" % k, layer.act) for k, layer in enumerate(model.layers)]
