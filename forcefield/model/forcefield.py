@@ -236,19 +236,20 @@ class ForceField(nn.Module):
         n_edges = edge_vec.shape[0]
         chunk = max(1, self.edge_chunk)
         node_chunk = max(1, self.node_chunk)
-        prune = 0 <= n_local < num_nodes
-        layer_edges: List[torch.Tensor] = []
-        if prune:
+        # the edges each block evaluates: all of them, or the hop-pruned sets (LAMMPS ghosts)
+        if 0 <= n_local < num_nodes:
             layer_edges = self._layer_edges(edge_index, num_nodes, n_local)
+        else:
+            layer_edges = [torch.arange(n_edges, device=edge_vec.device)] * len(self.layers)
         edge_vec = edge_vec.detach()
         hs: List[torch.Tensor] = []
         aggs: List[torch.Tensor] = []
         with torch.no_grad():
             h = self.embedding(species)
             for k, layer in enumerate(self.layers):
-                sel = layer_edges[k] if prune else torch.arange(n_edges, device=edge_vec.device)
+                sel = layer_edges[k]
                 x = layer.linear_up(h)
-                agg = torch.zeros((num_nodes, layer.message_dim), device=h.device, dtype=h.dtype)
+                agg = torch.zeros((num_nodes, layer.tp_fast.dim_out), device=h.device, dtype=h.dtype)
                 for start in range(0, sel.shape[0], chunk):
                     ids = sel[start : start + chunk]
                     _, _, sh, radial = self._edge_features(edge_vec[ids])
@@ -287,7 +288,7 @@ class ForceField(nn.Module):
         for j in range(len(self.layers) - 1, -1, -1):
             for k, block in enumerate(self.layers):
                 if k == j:
-                    sel = layer_edges[k] if prune else torch.arange(n_edges, device=edge_vec.device)
+                    sel = layer_edges[k]
                     h_in = hs[k].requires_grad_(k > 0)
                     # node part of the block, in chunks of atoms: the gradient reaching its
                     # aggregated messages (g_agg) and, through the self-connection, its input

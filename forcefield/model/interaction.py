@@ -77,7 +77,6 @@ class Interaction(nn.Module):
         # what runs: the same product contracted in a cheaper order, channel-major messages
         # (forcefield/model/fast_tp.py); self.tp stays as its reference and in the state dict
         self.tp_fast = ChannelwiseTP(self.tp)
-        self.message_dim: int = self.tp.irreps_out.dim
         self.radial = e3nn_nn.FullyConnectedNet(
             [num_basis, radial_hidden, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu
         )

@@ -21,6 +21,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from forcefield.errors import InputError
+
 __all__ = [
     "NormalizationConfig",
     "Normalization",
@@ -51,6 +53,14 @@ class NormalizationConfig(BaseModel):
         None, gt=0, description="message normalisation; null: training-set average within r_max"
     )
 
+    def check_species(self, species: Sequence[str]) -> "NormalizationConfig":
+        """InputError (a ValueError) naming a given e0 or shift element not in `species`."""
+        for key in ("e0", "shift"):
+            for s in getattr(self, key) or {}:
+                if s not in species:
+                    raise InputError(f"normalization.{key}: element '{s}' is not in model.species {list(species)}")
+        return self
+
 
 class Normalization(BaseModel):
     """The normalisation a model carries (complete: every species has a shift and an E0)."""
@@ -79,11 +89,7 @@ class Normalization(BaseModel):
 def default_normalization(species: Sequence[str], given: Optional[dict] = None) -> Normalization:
     """An untrained model's normalisation: shift 0 (or E0 where given), E0 = shift, scale 1,
     avg_num_neighbors 10; any of these in `given` (NormalizationConfig keys) is used instead."""
-    g = NormalizationConfig.model_validate(given or {})
-    for key in ("e0", "shift"):
-        for s in getattr(g, key) or {}:
-            if s not in species:
-                raise ValueError(f"normalization.{key}: element '{s}' is not in model.species {list(species)}")
+    g = NormalizationConfig.model_validate(given or {}).check_species(species)
     e0_given, shift_given = g.e0 or {}, g.shift or {}
     shift = {s: float(shift_given.get(s, e0_given.get(s, 0.0))) for s in species}
     e0 = {s: float(e0_given.get(s, shift[s])) for s in species}

@@ -133,12 +133,8 @@ def fit_normalization(cfg: Config, data: Datasets, train_graphs: Optional[Sequen
     isolated atoms in the data, else = shift; avg_num_neighbors: mean neighbour count).
     With `train_graphs` (the graphs of data.train at model.r_max, as the trainer builds them)
     the neighbours are counted on those instead of building every neighbour list again."""
-    m, given = cfg.model, cfg.normalization
-    given_e0 = {k: v for k, v in (given.e0 or {}).items()}
-    for key, table in (("e0", given_e0), ("shift", given.shift or {})):
-        for s in table:
-            if s not in m.species:
-                raise InputError(f"normalization.{key}: element '{s}' is not in model.species {list(m.species)}")
+    m, given = cfg.model, cfg.normalization.check_species(cfg.model.species)
+    given_e0 = given.e0 or {}
     e0 = dict(data.e0)
     e0.update(given_e0)
     check_species_covered(cfg, data.train, e0)
