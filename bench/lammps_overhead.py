@@ -36,9 +36,11 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -260,8 +262,13 @@ def run_lammps(
         cmd = [mpirun_executable(), "-np", str(nprocs)] + cmd
     with open(workdir / "stdout.txt", "w") as out:
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit)
-        # wait4: this run's own resource usage (its largest process's peak RSS)
-        _, status, ru = os.wait4(proc.pid, 0)
+        timer = threading.Timer(timeout, proc.kill)  # wait4 has no timeout of its own
+        timer.start()
+        try:
+            # wait4: this run's own resource usage (its largest process's peak RSS)
+            _, status, ru = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
         proc.returncode = os.waitstatus_to_exitcode(status)
     if usage is not None:
         usage.update(
@@ -270,7 +277,8 @@ def run_lammps(
     log = (workdir / "log.lammps").read_text() if (workdir / "log.lammps").is_file() else ""
     if proc.returncode != 0:
         tail = (log or (workdir / "stdout.txt").read_text())[-2000:]
-        raise RuntimeError(f"LAMMPS failed in {workdir} (exit {proc.returncode}): {tail}")
+        why = f"killed after the {timeout:.0f} s timeout" if proc.returncode == -signal.SIGKILL else "failed"
+        raise RuntimeError(f"LAMMPS {why} in {workdir} (exit {proc.returncode}): {tail}")
     return log
 
 
