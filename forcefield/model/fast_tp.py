@@ -3,124 +3,160 @@
 e3nn's `TensorProduct` in "uvu" mode with per-edge weights (the messages of
 forcefield/model/interaction.py) computes, for every path p = (l1, l2 -> l3) and channel u,
 
-    out_p[e, u, k] = a_p w[e, u, p] sum_ij C_p[i, j, k] x[e, u, i] Y[e, j]
+    out_p[e, k, u] = a_p w[e, p, u] sum_ij C_p[i, j, k] x[e, i, u] Y[e, j]
 
 path by path: it slices x, Y and w per path, forms the outer products x (x) Y per channel
-and contracts each with the Wigner 3j symbol C_p. On CPU that is memory-bound, and its
-backward pays a zero-filled full-size gradient for every slice. Here the sum over j, which
-does not involve the channel, goes first, once per edge and for all paths of an input
-irrep l1 together:
+and contracts each with the Wigner 3j symbol C_p. On CPU that is memory-bound (a few
+flops per number moved), and its backward pays a zero-filled full-size gradient for every
+slice. Here all paths go at once, in three dense operations per edge:
 
-    Z[e, i, (p, k)] = sum_j Y[e, j] (a_p C_p[i, j, k])          (one (E x 9) matmul)
-    out[e, u, (p, k)] = w[e, u, p] sum_i x[e, u, i] Z[e, i, (p, k)]   (one bmm)
+    Z[e, c, i]   = sum_j Y[e, j] C[j, c, i]      (E x 9) @ (9 x K*D1): the 3j symbols of all
+                                               paths, zero where row i is not path c's input
+    P[e, c, u]   = sum_i Z[e, c, i] x[e, i, u]    one bmm, (K x D1) @ (D1 x mul) per edge
+    out[e, c, u] = P[e, c, u] w[e, p(c), u]     the weights' rows repeated per component
+                                               (one index_select of contiguous rows)
 
-with x, w split once (`torch.split`, whose backward is one concatenation). The output is
-laid out channel-major, (E, mul, sum of the paths' d3), which is cheaper to produce;
-`perm` maps it to e3nn's layout and is applied after aggregation, on nodes rather than
-edges. Same numbers as e3nn up to rounding: tests/model/test_model_fast_tp.py (values and
-gradients to 1e-12 in float64, equivariance, TorchScript). No parameters; the constants
-are non-persistent buffers, so state dicts are unchanged.
+with c = (p, k) running over all paths' output components (K of them; 35 for lmax 2 with
+every hidden irrep as output) and i over the components of all input irreps (D1; 9 for
+lmax 2). Inputs and outputs are component-major: x is (E, D1, mul) (`to_component_major`,
+applied to node features before they are gathered onto edges) and the output (E, K, mul);
+`to_e3nn_layout` maps a sum of outputs to e3nn's layout after aggregation, on nodes rather
+than edges. Every operation then reads and writes contiguous rows of `mul` numbers. The
+zero blocks of C cost flops (D1 instead of d1 per path) but no extra passes over memory,
+which is what a CPU pays for here.
+
+`vjp` is the product's backward written out (the inference path of
+forcefield/model/forcefield.py uses it instead of autograd): it never forms `out`, and
+its weight gradient comes out in e3nn's weight order without a transpose.
+
+Same numbers as e3nn up to rounding: tests/model/test_model_fast_tp.py (values and
+gradients to 1e-12 in float64, second derivatives, the explicit VJP, equivariance,
+TorchScript). No parameters; the constants are non-persistent buffers, so state dicts are
+unchanged.
 """
 
-from typing import List
+from typing import List, Tuple
 
 import torch
 from e3nn import o3
 from torch import nn
 
 
-class _InputIrrep(nn.Module):
-    """All paths that start from input irrep `slot` (multiplicity mul, dimension d1)."""
-
-    def __init__(self, slot: int, mul: int, d1: int, cg: torch.Tensor, repeats: List[int]):
-        super().__init__()
-        self.slot, self.mul, self.d1 = slot, mul, d1
-        self.k = int(cg.shape[2])
-        self.n_paths = len(repeats)
-        # float64 here; the model's .to(dtype) casts it (computing it in float32 and casting up
-        # would cost a float64 model its last 8 digits)
-        self.register_buffer("cg", cg.reshape(cg.shape[0], -1), persistent=False)
-        self.register_buffer("repeats", torch.tensor(repeats, dtype=torch.long), persistent=False)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """x (E, mul * d1), y (E, dim_y), w (E, paths * mul) -> (E, mul, k)."""
-        e = x.shape[0]
-        z = (y @ self.cg).reshape(e, self.d1, self.k)
-        w_cols = w.reshape(e, self.n_paths, self.mul).repeat_interleave(self.repeats, dim=1, output_size=self.k)
-        x = x.reshape(e, self.mul, self.d1)
-        if self.d1 == 1:  # an outer product: bmm with an inner dimension of 1 is ~7x slower
-            xz = x * z
-        else:
-            xz = torch.bmm(x, z)
-        return xz * w_cols.transpose(1, 2)
-
-
 class ChannelwiseTP(nn.Module):
     """The messages of an e3nn uvu `TensorProduct` `tp` (per-sample weights, second input of
-    multiplicity 1, one multiplicity throughout, one path per output irrep), channel-major:
-    forward(x1, x2, weights)[:, perm] == tp(x1, x2, weights)."""
-
-    in_sizes: List[int]
-    w_sizes: List[int]
+    multiplicity 1, one multiplicity throughout, one path per output irrep), component-major:
+    to_e3nn_layout(forward(to_component_major(x1), x2, weights)) == tp(x1, x2, weights)."""
 
     def __init__(self, tp: o3.TensorProduct):
         super().__init__()
         ins = tp.instructions
         muls = {mul for mul, _ in tp.irreps_in1} | {mul for mul, _ in tp.irreps_out}
         one_path_per_output = all(sum(i.i_out == s for i in ins) == 1 for s in range(len(tp.irreps_out)))
-        in_order = [i.i_in1 for i in ins] == sorted(i.i_in1 for i in ins)
         if (
-            any(i.connection_mode != "uvu" or not i.has_weight for i in ins)
+            not ins
+            or any(i.connection_mode != "uvu" or not i.has_weight for i in ins)
             or tp.shared_weights
             or any(mul != 1 for mul, _ in tp.irreps_in2)
             or len(muls) != 1
             or not one_path_per_output
-            or not in_order
         ):
             raise ValueError(f"ChannelwiseTP: unsupported tensor product {tp}")
         mul = muls.pop()
         self.mul = mul
-        self.in_sizes = [m * ir.dim for m, ir in tp.irreps_in1]
+        self.n_paths = len(ins)
+        # input components: the input irreps one after the other (D1 of them)
+        row0: List[int] = []
+        d1_total = 0
+        for _, ir in tp.irreps_in1:
+            row0.append(d1_total)
+            d1_total += ir.dim
+        self.d1 = d1_total
+        # output components: the paths in instruction order (K of them)
+        col0: List[int] = []
+        path_of_column: List[int] = []
+        for p, i in enumerate(ins):
+            col0.append(len(path_of_column))
+            path_of_column += [p] * tp.irreps_out[i.i_out].ir.dim
+        self.k = len(path_of_column)
         slices_2 = tp.irreps_in2.slices()
-        dim_y = tp.irreps_in2.dim
-        self.w_sizes = []
-        groups = []
-        first_column = {}  # path -> its first column within the channel-major output
-        k_total = 0
-        for slot, (_, ir1) in enumerate(tp.irreps_in1):
-            paths = [p for p, i in enumerate(ins) if i.i_in1 == slot]
-            self.w_sizes.append(len(paths) * mul)
-            if not paths:
-                continue
-            d3s = [tp.irreps_out[ins[p].i_out].ir.dim for p in paths]
-            cg = torch.zeros(dim_y, ir1.dim, sum(d3s), dtype=torch.float64)
-            col = 0
-            for p, d3 in zip(paths, d3s):
-                i = ins[p]
-                l2, l3 = tp.irreps_in2[i.i_in2].ir.l, tp.irreps_out[i.i_out].ir.l
-                w3j = o3.wigner_3j(ir1.l, l2, l3, dtype=torch.float64)  # (d1, d2, d3)
-                s2 = slices_2[i.i_in2]
-                cg[s2.start : s2.stop, :, col : col + d3] = i.path_weight * w3j.permute(1, 0, 2)
-                first_column[p] = k_total + col
-                col += d3
-            groups.append(_InputIrrep(slot, mul, ir1.dim, cg, d3s))
-            k_total += col
-        self.groups = nn.ModuleList(groups)
-        perm = []  # e3nn column -> channel-major column u * k_total + k
+        cg = torch.zeros(tp.irreps_in2.dim, self.k, d1_total, dtype=torch.float64)
+        for p, i in enumerate(ins):
+            ir1, ir2, ir3 = tp.irreps_in1[i.i_in1].ir, tp.irreps_in2[i.i_in2].ir, tp.irreps_out[i.i_out].ir
+            w3j = o3.wigner_3j(ir1.l, ir2.l, ir3.l, dtype=torch.float64)  # (d1, d2, d3)
+            s2, r, c = slices_2[i.i_in2], row0[i.i_in1], col0[p]
+            cg[s2.start : s2.stop, c : c + ir3.dim, r : r + ir1.dim] = i.path_weight * w3j.permute(1, 2, 0)
+        # float64 here; the model's .to(dtype) casts them (computing them in float32 and casting
+        # up would cost a float64 model its last 8 digits)
+        self.register_buffer("cg", cg.reshape(cg.shape[0], -1), persistent=False)  # (j, (c, i))
+        self.register_buffer("cg_t", cg.transpose(1, 2).reshape(cg.shape[0], -1).t().contiguous(), persistent=False)
+        self.register_buffer("path_of_column", torch.tensor(path_of_column, dtype=torch.long), persistent=False)
+        # component-major column i * mul + u <- e3nn column (slot start + u * d1 + a)
+        in_perm = [0] * tp.irreps_in1.dim
+        for slot, ((m, ir), sl) in enumerate(zip(tp.irreps_in1, tp.irreps_in1.slices())):
+            for u in range(m):
+                for a in range(ir.dim):
+                    in_perm[(row0[slot] + a) * mul + u] = sl.start + u * ir.dim + a
+        self.register_buffer("in_perm", torch.tensor(in_perm, dtype=torch.long), persistent=False)
+        # e3nn output column -> component-major column c * mul + u
+        perm: List[int] = []
         for slot, (m, ir) in enumerate(tp.irreps_out):
             (p,) = [p for p, i in enumerate(ins) if i.i_out == slot]
-            perm += [u * k_total + first_column[p] + k for u in range(m) for k in range(ir.dim)]
+            perm += [(col0[p] + a) * mul + u for u in range(m) for a in range(ir.dim)]
         self.register_buffer("perm", torch.tensor(perm, dtype=torch.long), persistent=False)
         self.dim_out = tp.irreps_out.dim
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        xs = torch.split(x1, self.in_sizes, dim=1)
-        ws = torch.split(weights, self.w_sizes, dim=1)
-        parts: List[torch.Tensor] = []
-        for group in self.groups:
-            parts.append(group(xs[group.slot], x2, ws[group.slot]))
-        return torch.cat(parts, dim=2).reshape(x1.shape[0], self.dim_out)
+    def to_component_major(self, x1: torch.Tensor) -> torch.Tensor:
+        """First-input features (e3nn layout) in the component-major layout forward() takes."""
+        return x1.index_select(1, self.in_perm)
 
     def to_e3nn_layout(self, out: torch.Tensor) -> torch.Tensor:
         """Columns of a forward() output (or of a sum of them) in e3nn's order."""
         return out.index_select(1, self.perm)
+
+    def _parts(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Z (E, K, D1), P (E, K, mul), the weights per component (E, K, mul))."""
+        e = x.shape[0]
+        z = (y @ self.cg).view(e, self.k, self.d1)
+        x3 = x.view(e, self.d1, self.mul)
+        if self.d1 == 1:  # an outer product: bmm with an inner dimension of 1 is ~7x slower
+            prod = z * x3
+        else:
+            prod = torch.bmm(z, x3)
+        wide = w.view(e, self.n_paths, self.mul).index_select(1, self.path_of_column)
+        return z, prod, wide
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """x (E, D1 * mul) component-major, y (E, dim_y), w (E, paths * mul) in e3nn's weight
+        order -> (E, K * mul) component-major."""
+        _, prod, wide = self._parts(x, y, w)
+        if torch.is_grad_enabled():
+            out = prod * wide
+        else:  # nothing keeps prod
+            out = prod.mul_(wide)
+        return out.view(x.shape[0], self.k * self.mul)
+
+    @torch.jit.export
+    def vjp(
+        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, g_out: torch.Tensor, need_x: bool = True
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(g_x, g_y, g_w): the gradients of sum(g_out * forward(x, y, w)), computed without a
+        graph (the inputs are taken as values). g_x is an empty tensor unless need_x."""
+        e = x.shape[0]
+        z, prod, wide = self._parts(x, y, w)
+        g3 = g_out.view(e, self.k, self.mul)
+        g_w = torch.zeros((e, self.n_paths, self.mul), dtype=x.dtype, device=x.device)
+        g_w = g_w.index_add_(1, self.path_of_column, g3 * prod).view(e, self.n_paths * self.mul)
+        g_prod = g3.mul(wide)
+        x3 = x.view(e, self.d1, self.mul)
+        if self.d1 == 1:
+            g_zt = (x3 * g_prod).sum(dim=2).view(e, 1, self.k)
+        else:
+            g_zt = torch.bmm(x3, g_prod.transpose(1, 2))  # (E, D1, K)
+        g_y = g_zt.view(e, self.d1 * self.k) @ self.cg_t
+        if not need_x:
+            return torch.empty(0, dtype=x.dtype, device=x.device), g_y, g_w
+        if self.d1 == 1:
+            g_x = (z * g_prod).sum(dim=1)
+        else:
+            g_x = torch.bmm(z.transpose(1, 2), g_prod).view(e, self.d1 * self.mul)
+        return g_x, g_y, g_w

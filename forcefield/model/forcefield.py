@@ -248,7 +248,7 @@ class ForceField(nn.Module):
             h = self.embedding(species)
             for k, layer in enumerate(self.layers):
                 sel = layer_edges[k]
-                x = layer.linear_up(h)
+                x = layer.node_inputs(h)
                 agg = torch.zeros((num_nodes, layer.tp_fast.dim_out), device=h.device, dtype=h.dtype)
                 for start in range(0, sel.shape[0], chunk):
                     ids = sel[start : start + chunk]
@@ -314,26 +314,26 @@ class ForceField(nn.Module):
                     g_self: Optional[torch.Tensor] = None
                     if k > 0:
                         g_self = torch.cat(g_selfs)
-                    x = block.linear_up(h_in)
+                    x = block.node_inputs(h_in)
                     xd = x.detach()
                     g_x = torch.zeros_like(xd)
-                    # edge part, one chunk at a time: recompute, take the product with g_agg, drop
+                    # edge part, one chunk at a time: recompute, take the product with g_agg, drop.
+                    # The message product's backward is written out (ChannelwiseTP.vjp); autograd
+                    # takes it on to the edge vectors through the spherical harmonics and the
+                    # radial MLP.
                     for start in range(0, sel.shape[0], chunk):
                         ids = sel[start : start + chunk]
                         nbr = edge_index[1, ids]
                         ev_c = edge_vec[ids].requires_grad_(True)
                         _, _, sh, radial = self._edge_features(ev_c)
-                        x_j = xd[nbr].requires_grad_(k > 0)
-                        m = block.messages(x_j, sh, radial)
-                        g_m: List[Optional[torch.Tensor]] = [g_agg[edge_index[0, ids]]]
+                        w = block.radial(radial)
+                        g_xj, g_sh, g_w = block.tp_fast.vjp(
+                            xd[nbr], sh.detach(), w.detach(), g_agg[edge_index[0, ids]], k > 0
+                        )
                         if k > 0:
-                            gc = torch.autograd.grad([m], [x_j, ev_c], g_m)
-                            g_xj = gc[0]
-                            assert g_xj is not None
                             g_x.index_add_(0, nbr, g_xj)
-                            g_ev = gc[1]
-                        else:
-                            g_ev = torch.autograd.grad([m], [ev_c], g_m)[0]
+                        g_in: List[Optional[torch.Tensor]] = [g_sh, g_w]
+                        g_ev = torch.autograd.grad([sh, w], [ev_c], g_in)[0]
                         assert g_ev is not None
                         g_edge.index_add_(0, ids, g_ev)
                     if g_self is not None:

@@ -103,9 +103,13 @@ class Interaction(nn.Module):
             self.linear_down = o3.Linear(irreps_mid.simplify(), irreps_pre)
         self.self_connection = o3.Linear(irreps_in, irreps_pre)
 
+    def node_inputs(self, h: torch.Tensor) -> torch.Tensor:
+        """The features each atom sends: linear_up(h), component-major (ChannelwiseTP's layout)."""
+        return self.tp_fast.to_component_major(self.linear_up(h))
+
     def messages(self, x_j: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor) -> torch.Tensor:
-        """Per-edge messages from the neighbours' up-projected features x_j = linear_up(h)[j],
-        channel-major (ChannelwiseTP's layout; `update` takes their sum to e3nn's)."""
+        """Per-edge messages from the neighbours' features x_j = node_inputs(h)[j],
+        component-major (ChannelwiseTP's layout; `update` takes their sum to e3nn's)."""
         return self.tp_fast(x_j, edge_sh, self.radial(edge_radial))
 
     def update(self, agg: torch.Tensor, h: torch.Tensor, species: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -128,7 +132,7 @@ class Interaction(nn.Module):
         species: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         center, neighbour = edge_index[0], edge_index[1]
-        messages = self.messages(self.linear_up(h)[neighbour], edge_sh, edge_radial)
+        messages = self.messages(self.node_inputs(h)[neighbour], edge_sh, edge_radial)
         agg = torch.zeros((h.shape[0], messages.shape[1]), dtype=messages.dtype, device=messages.device)
         agg = agg.index_add(0, center, messages) * self.inv_avg_num_neighbors
         return self.update(agg, h, species)
