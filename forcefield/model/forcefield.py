@@ -33,6 +33,12 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_EDGE_CHUNK = 4096
 # Atoms per chunk of the node updates in the inference path (same reason, per atom).
 DEFAULT_NODE_CHUNK = 2048
+# Edges per piece of the message product within an edge chunk of the inference path. Its
+# (edges x message width) temporaries then stay in cache (256 x 1120 float32 = 1.1 MB):
+# the product's backward takes 3.2 instead of 5.5 us per edge at 4096 (lmax 2, correlation
+# 3, one core), while the radial MLP and the autograd around it keep whole chunks, where
+# their fixed costs per call are spread thin (chunks of 512 edges throughout were no faster).
+DEFAULT_MESSAGE_CHUNK = 256
 
 
 def hidden_irreps(channels: int, lmax: int) -> o3.Irreps:
@@ -101,6 +107,7 @@ class ForceField(nn.Module):
         # inference path (eval mode, create_graph False): edges per chunk; 0 = plain autograd
         self.edge_chunk: int = DEFAULT_EDGE_CHUNK
         self.node_chunk: int = DEFAULT_NODE_CHUNK
+        self.message_chunk: int = DEFAULT_MESSAGE_CHUNK
         sw = cfg.switch
         self.switch = IsolationSwitch(sw.tau, sw.r_on, sw.r_off, sw.enabled)
         self.to(_DTYPES[cfg.dtype])
@@ -236,6 +243,7 @@ class ForceField(nn.Module):
         n_edges = edge_vec.shape[0]
         chunk = max(1, self.edge_chunk)
         node_chunk = max(1, self.node_chunk)
+        piece = max(1, self.message_chunk)
         # the edges each block evaluates: all of them, or the hop-pruned sets (LAMMPS ghosts)
         if 0 <= n_local < num_nodes:
             layer_edges = self._layer_edges(edge_index, num_nodes, n_local)
@@ -253,7 +261,11 @@ class ForceField(nn.Module):
                 for start in range(0, sel.shape[0], chunk):
                     ids = sel[start : start + chunk]
                     _, _, sh, radial = self._edge_features(edge_vec[ids])
-                    agg.index_add_(0, edge_index[0, ids], layer.messages(x[edge_index[1, ids]], sh, radial))
+                    w = layer.radial(radial)
+                    centre, nbr = edge_index[0, ids], edge_index[1, ids]
+                    for a in range(0, ids.shape[0], piece):
+                        b = a + piece
+                        agg.index_add_(0, centre[a:b], layer.tp_fast(x[nbr[a:b]], sh[a:b], w[a:b]))
                 agg = agg * layer.inv_avg_num_neighbors
                 hs.append(h)
                 aggs.append(agg)
@@ -323,15 +335,20 @@ class ForceField(nn.Module):
                     # radial MLP.
                     for start in range(0, sel.shape[0], chunk):
                         ids = sel[start : start + chunk]
-                        nbr = edge_index[1, ids]
+                        centre, nbr = edge_index[0, ids], edge_index[1, ids]
                         ev_c = edge_vec[ids].requires_grad_(True)
                         _, _, sh, radial = self._edge_features(ev_c)
                         w = block.radial(radial)
-                        g_xj, g_sh, g_w = block.tp_fast.vjp(
-                            xd[nbr], sh.detach(), w.detach(), g_agg[edge_index[0, ids]], k > 0
-                        )
-                        if k > 0:
-                            g_x.index_add_(0, nbr, g_xj)
+                        sh_d, w_d = sh.detach(), w.detach()
+                        g_sh = torch.empty_like(sh_d)
+                        g_w = torch.empty_like(w_d)
+                        for a in range(0, ids.shape[0], piece):
+                            b = a + piece
+                            g_xj, g_sh[a:b], g_w[a:b] = block.tp_fast.vjp(
+                                xd[nbr[a:b]], sh_d[a:b], w_d[a:b], g_agg[centre[a:b]], k > 0
+                            )
+                            if k > 0:
+                                g_x.index_add_(0, nbr[a:b], g_xj)
                         g_in: List[Optional[torch.Tensor]] = [g_sh, g_w]
                         g_ev = torch.autograd.grad([sh, w], [ev_c], g_in)[0]
                         assert g_ev is not None

@@ -53,6 +53,7 @@ def test_inference_path_equals_autograd(structures, correlation, chunk):
     assert np.abs(reference["forces"]).max() > 1e-2  # nothing passes vacuously
     model.edge_chunk = chunk  # 100000: more than the edges, so plain autograd
     model.node_chunk = chunk  # node updates in chunks of 1 and 7 atoms too
+    model.message_chunk = 3  # message products in pieces of 3 edges within a chunk
     _assert_same(_run(model, batch, n), reference, 1e-10)
     model.edge_chunk = 0  # 0: plain autograd in eval mode too
     _assert_same(_run(model, batch, n), reference, 1e-12)
@@ -66,7 +67,7 @@ def test_inference_path_with_ghost_pruning():
     atoms.pbc = False  # the outer atoms play the ghosts
     batch, n = _batch(model, [atoms])
     reference = _run(model, batch, n, n_local=20, training_path=True)
-    model.edge_chunk, model.node_chunk = 13, 10
+    model.edge_chunk, model.node_chunk, model.message_chunk = 13, 10, 5
     _assert_same(_run(model, batch, n, n_local=20), reference, 1e-10)
 
 
@@ -80,7 +81,7 @@ def test_inference_path_float32():
 
 def test_inference_path_scripted(tmp_path):
     model = make_model(seed=4)
-    model.edge_chunk, model.node_chunk = 11, 6
+    model.edge_chunk, model.node_chunk, model.message_chunk = 11, 6, 4
     batch, n = _batch(model, [triclinic_cell(), molecule()])
     eager = _run(model, batch, n)
     scripted = script(model)
