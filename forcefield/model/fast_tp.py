@@ -113,7 +113,9 @@ class ChannelwiseTP(nn.Module):
         """Columns of a forward() output (or of a sum of them) in e3nn's order."""
         return out.index_select(1, self.perm)
 
-    def _parts(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _parts(
+        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Z (E, K, D1), P (E, K, mul), the weights per component (E, K, mul))."""
         e = x.shape[0]
         z = (y @ self.cg).view(e, self.k, self.d1)

@@ -215,6 +215,22 @@ class ForceField(nn.Module):
         edge_radial = self.radial_basis(r) * u.unsqueeze(-1)
         return r, u, edge_sh, edge_radial
 
+    def _distinct_radial(self, edge_vec: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(r, the distinct values of r, for each edge the index of its value).
+
+        The radial MLP depends on r alone, and an edge and its reverse (j -> i with the
+        opposite shift) have bitwise the same r (IEEE negation and subtraction are exact), so
+        the inference path evaluates the MLP once per distinct r of a chunk."""
+        r = edge_lengths(edge_vec)
+        r_distinct, inverse = torch.unique(r, sorted=True, return_inverse=True)
+        return r, r_distinct, inverse
+
+    def _radial_input(self, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The radial MLP's input (Bessel basis x envelope) and its derivative d/dr."""
+        basis, u = self.radial_basis(r), self.envelope(r).unsqueeze(-1)
+        d_input = self.radial_basis.derivative(r) * u + basis * self.envelope.derivative(r).unsqueeze(-1)
+        return basis * u, d_input
+
     def _energy_of_features(self, h: torch.Tensor, s: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """Per-atom energies from the last block's features and the switch."""
         e = self.readout(h).squeeze(-1)
@@ -249,6 +265,10 @@ class ForceField(nn.Module):
             layer_edges = self._layer_edges(edge_index, num_nodes, n_local)
         else:
             layer_edges = [torch.arange(n_edges, device=edge_vec.device)] * len(self.layers)
+        # each edge next to its reverse (same unordered pair of atoms), so that the two share
+        # one evaluation of the radial MLP within a chunk (_distinct_radial)
+        pair_key = torch.minimum(edge_index[0], edge_index[1]) * num_nodes + torch.maximum(edge_index[0], edge_index[1])
+        layer_edges = [sel.index_select(0, torch.argsort(pair_key.index_select(0, sel))) for sel in layer_edges]
         edge_vec = edge_vec.detach()
         hs: List[torch.Tensor] = []
         aggs: List[torch.Tensor] = []
@@ -260,8 +280,11 @@ class ForceField(nn.Module):
                 agg = torch.zeros((num_nodes, layer.tp_fast.dim_out), device=h.device, dtype=h.dtype)
                 for start in range(0, sel.shape[0], chunk):
                     ids = sel[start : start + chunk]
-                    _, _, sh, radial = self._edge_features(edge_vec[ids])
-                    w = layer.radial(radial)
+                    ev = edge_vec[ids]
+                    r, r_distinct, inverse = self._distinct_radial(ev)
+                    basis, u = self.radial_basis(r_distinct), self.envelope(r_distinct).unsqueeze(-1)
+                    w = layer.radial(basis * u).index_select(0, inverse)
+                    sh = self.spherical_harmonics(ev / r.unsqueeze(-1))
                     centre, nbr = edge_index[0, ids], edge_index[1, ids]
                     for a in range(0, ids.shape[0], piece):
                         b = a + piece
@@ -336,23 +359,32 @@ class ForceField(nn.Module):
                     for start in range(0, sel.shape[0], chunk):
                         ids = sel[start : start + chunk]
                         centre, nbr = edge_index[0, ids], edge_index[1, ids]
-                        ev_c = edge_vec[ids].requires_grad_(True)
-                        _, _, sh, radial = self._edge_features(ev_c)
-                        w = block.radial(radial)
-                        sh_d, w_d = sh.detach(), w.detach()
+                        ev = edge_vec[ids]
+                        # radial weights and dw/dr once per distinct r (forward mode through the
+                        # MLP); only the spherical harmonics keep an autograd graph
+                        r, r_distinct, inverse = self._distinct_radial(ev)
+                        w_distinct, dw_distinct = block.radial_jvp(*self._radial_input(r_distinct))
+                        # values only: the weights' gradients are not wanted here
+                        w_distinct, dw_distinct = w_distinct.detach(), dw_distinct.detach()
+                        w = w_distinct.index_select(0, inverse)
+                        ev_g = ev.detach().requires_grad_(True)
+                        sh = self.spherical_harmonics(ev_g / edge_lengths(ev_g).unsqueeze(-1))
+                        sh_d = sh.detach()
                         g_sh = torch.empty_like(sh_d)
-                        g_w = torch.empty_like(w_d)
+                        g_w = torch.empty_like(w)
                         for a in range(0, ids.shape[0], piece):
                             b = a + piece
                             g_xj, g_sh[a:b], g_w[a:b] = block.tp_fast.vjp(
-                                xd[nbr[a:b]], sh_d[a:b], w_d[a:b], g_agg[centre[a:b]], k > 0
+                                xd[nbr[a:b]], sh_d[a:b], w[a:b], g_agg[centre[a:b]], k > 0
                             )
                             if k > 0:
                                 g_x.index_add_(0, nbr[a:b], g_xj)
-                        g_in: List[Optional[torch.Tensor]] = [g_sh, g_w]
-                        g_ev = torch.autograd.grad([sh, w], [ev_c], g_in)[0]
+                        g_in: List[Optional[torch.Tensor]] = [g_sh]
+                        g_ev = torch.autograd.grad([sh], [ev_g], g_in)[0]
                         assert g_ev is not None
-                        g_edge.index_add_(0, ids, g_ev)
+                        # the radial part: dE/dr_e = g_w[e] . dw/dr(r_e), and dr/dv = v / r
+                        g_r = (g_w * dw_distinct.index_select(0, inverse)).sum(dim=1)
+                        g_edge.index_add_(0, ids, g_ev + (g_r / r).unsqueeze(-1) * ev)
                     if g_self is not None:
                         g_xs: List[Optional[torch.Tensor]] = [g_x]
                         g_up = torch.autograd.grad([x], [h_in], g_xs)[0]

@@ -43,6 +43,24 @@ def _tp_paths(irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_target: o3.Irre
     return irreps_sorted, instructions
 
 
+def _radial_factors(mlp: e3nn_nn.FullyConnectedNet) -> List[float]:
+    """e3nn's FullyConnectedNet as plain matmuls and SiLUs: factors f_k such that
+    mlp(x) = silu(silu(x @ (W0 f0)) @ (W1 f1)) @ (W2 f2) (its 1/sqrt(fan-in) and the SiLU's
+    second-moment normalisation folded into the next weight). Interaction.radial_jvp uses them."""
+    layers = [mlp.layer0, mlp.layer1, mlp.layer2] if len(mlp.hs) == 4 else []
+    if not layers or any(layer.act is None for layer in layers[:2]) or layers[2].act is not None:
+        raise ValueError(f"radial MLP: expected two SiLU hidden layers and a linear output, got {mlp}")
+    factors: List[float] = []
+    carry = 1.0  # the scale of the previous layer's output activation
+    for layer in layers[:2]:
+        factors.append(carry / (layer.h_in * layer.var_in) ** 0.5)
+        cst = 1.0 if layer.act._is_id else layer.act.cst
+        carry = cst * layer.var_out**0.5
+    last = layers[2]
+    factors.append(carry / (last.h_in * last.var_in / last.var_out) ** 0.5)
+    return factors
+
+
 class Interaction(nn.Module):
     def __init__(
         self,
@@ -80,6 +98,7 @@ class Interaction(nn.Module):
         self.radial = e3nn_nn.FullyConnectedNet(
             [num_basis, radial_hidden, radial_hidden, self.tp.weight_numel], torch.nn.functional.silu
         )
+        self.radial_factors = _radial_factors(self.radial)
 
         scalars = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l == 0])
         gated = o3.Irreps([(m, ir) for m, ir in irreps_out if ir.l > 0])
@@ -102,6 +121,23 @@ class Interaction(nn.Module):
         else:
             self.linear_down = o3.Linear(irreps_mid.simplify(), irreps_pre)
         self.self_connection = o3.Linear(irreps_in, irreps_pre)
+
+    def radial_jvp(self, x: torch.Tensor, dx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The radial MLP's output and its derivative along dx (forward mode): (radial(x),
+        d radial(x + t dx)/dt at t = 0). The inference path takes dx = d features / dr and
+        so gets dw/dr. Same numbers as self.radial (its constants folded into the weights)."""
+        f = self.radial_factors
+        n = x.shape[0]
+        w0 = self.radial.layer0.weight * f[0]
+        w1 = self.radial.layer1.weight * f[1]
+        w2 = self.radial.layer2.weight * f[2]
+        a = torch.cat([x, dx]) @ w0  # value and tangent rows through each matmul together
+        for k in range(2):
+            pre, tangent = a[:n], a[n:]
+            s = torch.sigmoid(pre)
+            h = torch.cat([pre * s, tangent * (s * (1.0 + pre * (1.0 - s)))])
+            a = h @ (w1 if k == 0 else w2)
+        return a[:n], a[n:]
 
     def node_inputs(self, h: torch.Tensor) -> torch.Tensor:
         """The features each atom sends: linear_up(h), component-major (ChannelwiseTP's layout)."""

@@ -27,6 +27,14 @@ class PolynomialEnvelope(nn.Module):
         u = 1.0 - 0.5 * (p + 1.0) * (p + 2.0) * xp + p * (p + 2.0) * xp * x - 0.5 * p * (p + 1.0) * xp * x * x
         return torch.where(x < 1.0, u, torch.zeros_like(u))
 
+    def derivative(self, r: torch.Tensor) -> torch.Tensor:
+        """du/dr (0 for r >= r_max)."""
+        p = self.p
+        x = r / self.r_max
+        xp1 = torch.pow(x, p - 1.0)
+        du = -0.5 * p * (p + 1.0) * (p + 2.0) * xp1 * (1.0 - 2.0 * x + x * x) / self.r_max
+        return torch.where(x < 1.0, du, torch.zeros_like(du))
+
 
 class BesselBasis(nn.Module):
     """sqrt(2/r_max) sin(n pi r / r_max) / r, n = 1..num_basis, with trainable frequencies.
@@ -48,6 +56,12 @@ class BesselBasis(nn.Module):
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         r = r.unsqueeze(-1)
         return self.prefactor * torch.sin(self.freqs * r) / r
+
+    def derivative(self, r: torch.Tensor) -> torch.Tensor:
+        """d/dr of forward(r), (N, num_basis)."""
+        r = r.unsqueeze(-1)
+        arg = self.freqs * r
+        return self.prefactor * (self.freqs * torch.cos(arg) - torch.sin(arg) / r) / r
 
 
 def edge_lengths(edge_vec: torch.Tensor) -> torch.Tensor:
