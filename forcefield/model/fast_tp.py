@@ -88,7 +88,7 @@ class ChannelwiseTP(nn.Module):
         # float64 here; the model's .to(dtype) casts them (computing them in float32 and casting
         # up would cost a float64 model its last 8 digits)
         self.register_buffer("cg", cg.reshape(cg.shape[0], -1), persistent=False)  # (j, (c, i))
-        self.register_buffer("cg_t", cg.transpose(1, 2).reshape(cg.shape[0], -1).t().contiguous(), persistent=False)
+        self.register_buffer("cg_ic", cg.transpose(1, 2).reshape(cg.shape[0], -1).contiguous(), persistent=False)
         self.register_buffer("path_of_column", torch.tensor(path_of_column, dtype=torch.long), persistent=False)
         # component-major column i * mul + u <- e3nn column (slot start + u * d1 + a)
         in_perm = [0] * tp.irreps_in1.dim
@@ -154,7 +154,9 @@ class ChannelwiseTP(nn.Module):
             g_zt = (x3 * g_prod).sum(dim=2).view(e, 1, self.k)
         else:
             g_zt = torch.bmm(x3, g_prod.transpose(1, 2))  # (E, D1, K)
-        g_y = g_zt.view(e, self.d1 * self.k) @ self.cg_t
+        # (dim_y, D1*K) @ (D1*K, E), transposed: BLAS does this ~4x faster than the same
+        # product as (E, D1*K) @ (D1*K, dim_y), whose output has only 9 columns
+        g_y = (self.cg_ic @ g_zt.reshape(e, self.d1 * self.k).t()).t()
         if not need_x:
             return torch.empty(0, dtype=x.dtype, device=x.device), g_y, g_w
         if self.d1 == 1:
