@@ -20,7 +20,8 @@ model; its z images are farther than the ghost cutoff, so `boundary p p p` is th
 `p p m`).
 
 For each size the contenders run one after the other, alternating which goes first, so
-that they share the machine's momentary load. Each run: `run 0`, a warm-up run, then a few
+that they share the machine's momentary load. Each run: `run 0`, a warm-up run (20 / 3 / 2 / 1
+steps for <= 100 / 2000 / 20000 / more atoms: the first steps cost more), then a few
 timed steps (fewer for larger systems). Reported per run: µs per atom-step (LAMMPS loop
 time), atoms and edges the pair style sent to the model (rank 0's, FORCEFIELD_DUMP_INPUTS),
 atoms sent per owned atom, peak RSS of the LAMMPS process (wait4, the largest rank) and
@@ -48,7 +49,15 @@ from lammps_overhead import add_model_args, fcc_alloy, lammps_deck, make_export,
 
 
 def default_steps(n: int) -> int:
-    return 100 if n <= 100 else 5 if n <= 2000 else 2 if n <= 20000 else 1
+    return 200 if n <= 100 else 20 if n <= 2000 else 2 if n <= 20000 else 1
+
+
+def default_warmup(n: int) -> int:
+    """Warm-up steps before the timed ones. The first steps of a run cost more (f0df4c6's
+    page faults per step fall over the first few steps as glibc raises its mmap threshold;
+    at 1k atoms 1 warm-up step gave it 1440 µs per atom-step, 3 gave 856-1096), so short
+    runs warm up for longer."""
+    return 20 if n <= 100 else 3 if n <= 2000 else 2 if n <= 20000 else 1
 
 
 def demo_slab():
@@ -110,11 +119,12 @@ def measure(name: str, contender: dict, atoms, args, work: Path) -> dict:
     d.mkdir()
     write_data(d / "data.lmp", atoms)
     steps = args.steps or default_steps(n)
+    warmup = args.warmup if args.warmup is not None else default_warmup(n)
     usage: dict = {}
     t = time.perf_counter()
     log = run_lammps(
         d,
-        lammps_deck(contender["model"].resolve(), args.warmup, steps, args.skin),
+        lammps_deck(contender["model"].resolve(), warmup, steps, args.skin),
         args.threads,
         nprocs=args.nprocs,
         dump_inputs=d / "inputs.pt",
@@ -128,7 +138,7 @@ def measure(name: str, contender: dict, atoms, args, work: Path) -> dict:
     del sent
     res = parse_last_run(log)
     step_s = res["loop_s"] / res["steps"]
-    evaluations = 1 + args.warmup + res["steps"]  # run 0, warm-up, timed
+    evaluations = 1 + warmup + res["steps"]  # run 0, warm-up, timed
     row = {
         "contender": name,
         "atoms": n,
@@ -181,8 +191,8 @@ def print_table(rows) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 32000])
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 5 / 2 / 1 by size)")
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 200 / 20 / 2 / 1 by size)")
+    ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 20 / 3 / 2 / 1 by size)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nprocs", type=int, default=1, help="MPI ranks")
     ap.add_argument("--baseline", default=None, help="git ref to compare against (issue 9's start: f0df4c6)")

@@ -250,25 +250,28 @@ class ForceField(nn.Module):
         tensor-product pieces: kilobytes per edge) until the backward pass. Here the forward
         pass runs without a graph, keeping only node features, and the backward pass goes
         block by block, from the last to the first, recomputing each chunk of `edge_chunk`
-        edges with a graph, taking its vector-Jacobian product and dropping it. Peak memory
-        is then the node features plus a few numbers per edge plus one chunk; the price is
-        one more evaluation of the messages. The result is the same gradient (the sums are
-        only ordered differently): tests/model/test_model_inference.py.
+        edges, taking its vector-Jacobian product and dropping it: the message product's
+        by ChannelwiseTP.vjp (in cache-sized pieces of `message_chunk` edges), the radial
+        MLP's in forward mode (radial_jvp, once per distinct distance: an edge and its
+        reverse share it), the spherical harmonics' by autograd. Peak memory is then the
+        node features plus a few numbers per edge plus one chunk; the price is one more
+        evaluation of the messages. The result is the same gradient (the sums are only
+        ordered differently): tests/model/test_model_inference.py; docs/design.md,
+        "Inference path".
         """
         num_nodes = species.shape[0]
-        n_edges = edge_vec.shape[0]
         chunk = max(1, self.edge_chunk)
         node_chunk = max(1, self.node_chunk)
         piece = max(1, self.message_chunk)
-        # the edges each block evaluates: all of them, or the hop-pruned sets (LAMMPS ghosts)
-        if 0 <= n_local < num_nodes:
-            layer_edges = self._layer_edges(edge_index, num_nodes, n_local)
-        else:
-            layer_edges = [torch.arange(n_edges, device=edge_vec.device)] * len(self.layers)
+        # the edges each block evaluates: all of them, or the hop-pruned sets (LAMMPS ghosts),
         # each edge next to its reverse (same unordered pair of atoms), so that the two share
         # one evaluation of the radial MLP within a chunk (_distinct_radial)
         pair_key = torch.minimum(edge_index[0], edge_index[1]) * num_nodes + torch.maximum(edge_index[0], edge_index[1])
-        layer_edges = [sel.index_select(0, torch.argsort(pair_key.index_select(0, sel))) for sel in layer_edges]
+        if 0 <= n_local < num_nodes:
+            layer_edges = self._layer_edges(edge_index, num_nodes, n_local)
+            layer_edges = [sel.index_select(0, torch.argsort(pair_key.index_select(0, sel))) for sel in layer_edges]
+        else:
+            layer_edges = [torch.argsort(pair_key)] * len(self.layers)
         edge_vec = edge_vec.detach()
         hs: List[torch.Tensor] = []
         aggs: List[torch.Tensor] = []
