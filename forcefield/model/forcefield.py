@@ -286,12 +286,13 @@ class ForceField(nn.Module):
                     ev = edge_vec[ids]
                     r, r_distinct, inverse = self._distinct_radial(ev)
                     basis, u = self.radial_basis(r_distinct), self.envelope(r_distinct).unsqueeze(-1)
-                    w = layer.radial(basis * u).index_select(0, inverse)
+                    w_distinct = layer.radial(basis * u)
                     sh = self.spherical_harmonics(ev / r.unsqueeze(-1))
                     centre, nbr = edge_index[0, ids], edge_index[1, ids]
                     for a in range(0, ids.shape[0], piece):
                         b = a + piece
-                        agg.index_add_(0, centre[a:b], layer.tp_fast(x[nbr[a:b]], sh[a:b], w[a:b]))
+                        w = w_distinct.index_select(0, inverse[a:b])
+                        agg.index_add_(0, centre[a:b], layer.tp_fast(x[nbr[a:b]], sh[a:b], w))
                 agg = agg * layer.inv_avg_num_neighbors
                 hs.append(h)
                 aggs.append(agg)
@@ -369,25 +370,25 @@ class ForceField(nn.Module):
                         w_distinct, dw_distinct = block.radial_jvp(*self._radial_input(r_distinct))
                         # values only: the weights' gradients are not wanted here
                         w_distinct, dw_distinct = w_distinct.detach(), dw_distinct.detach()
-                        w = w_distinct.index_select(0, inverse)
                         ev_g = ev.detach().requires_grad_(True)
                         sh = self.spherical_harmonics(ev_g / edge_lengths(ev_g).unsqueeze(-1))
                         sh_d = sh.detach()
                         g_sh = torch.empty_like(sh_d)
-                        g_w = torch.empty_like(w)
+                        g_r = torch.empty_like(r)
                         for a in range(0, ids.shape[0], piece):
                             b = a + piece
-                            g_xj, g_sh[a:b], g_w[a:b] = block.tp_fast.vjp(
-                                xd[nbr[a:b]], sh_d[a:b], w[a:b], g_agg[centre[a:b]], k > 0
+                            w = w_distinct.index_select(0, inverse[a:b])
+                            g_xj, g_sh[a:b], g_w = block.tp_fast.vjp(
+                                xd[nbr[a:b]], sh_d[a:b], w, g_agg[centre[a:b]], k > 0
                             )
                             if k > 0:
                                 g_x.index_add_(0, nbr[a:b], g_xj)
+                            # the radial part: dE/dr_e = g_w[e] . dw/dr(r_e)
+                            g_r[a:b] = (g_w * dw_distinct.index_select(0, inverse[a:b])).sum(dim=1)
                         g_in: List[Optional[torch.Tensor]] = [g_sh]
                         g_ev = torch.autograd.grad([sh], [ev_g], g_in)[0]
                         assert g_ev is not None
-                        # the radial part: dE/dr_e = g_w[e] . dw/dr(r_e), and dr/dv = v / r
-                        g_r = (g_w * dw_distinct.index_select(0, inverse)).sum(dim=1)
-                        g_edge.index_add_(0, ids, g_ev + (g_r / r).unsqueeze(-1) * ev)
+                        g_edge.index_add_(0, ids, g_ev + (g_r / r).unsqueeze(-1) * ev)  # dr/dv = v / r
                     if g_self is not None:
                         g_xs: List[Optional[torch.Tensor]] = [g_x]
                         g_up = torch.autograd.grad([x], [h_in], g_xs)[0]
