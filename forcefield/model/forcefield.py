@@ -38,6 +38,10 @@ DEFAULT_NODE_CHUNK = 2048
 # the product's backward takes 3.2 instead of 5.5 us per edge at 4096 (lmax 2, correlation
 # 3, one core), while the radial MLP and the autograd around it keep whole chunks, where
 # their fixed costs per call are spread thin (chunks of 512 edges throughout were no faster).
+# This is for one thread (LAMMPS' usual one thread per MPI rank). With several threads each
+# small operation pays for waking the others (1024 FCC atoms, 2 threads: 1.3x slower in
+# pieces of 256), so eager models then take whole chunks (`_message_piece`); TorchScript
+# cannot ask for the thread count, so an exported model keeps `message_chunk`.
 DEFAULT_MESSAGE_CHUNK = 256
 
 
@@ -231,6 +235,12 @@ class ForceField(nn.Module):
         d_input = self.radial_basis.derivative(r) * u + basis * self.envelope.derivative(r).unsqueeze(-1)
         return basis * u, d_input
 
+    @torch.jit.unused
+    def _message_piece(self, chunk: int) -> int:
+        """Edges per message-product piece in eager mode: `message_chunk` on one thread,
+        whole chunks on several (DEFAULT_MESSAGE_CHUNK)."""
+        return max(1, self.message_chunk) if torch.get_num_threads() == 1 else chunk
+
     def _energy_of_features(self, h: torch.Tensor, s: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """Per-atom energies from the last block's features and the switch."""
         e = self.readout(h).squeeze(-1)
@@ -262,7 +272,10 @@ class ForceField(nn.Module):
         num_nodes = species.shape[0]
         chunk = max(1, self.edge_chunk)
         node_chunk = max(1, self.node_chunk)
-        piece = max(1, self.message_chunk)
+        if torch.jit.is_scripting():
+            piece = max(1, self.message_chunk)
+        else:
+            piece = self._message_piece(chunk)
         # the edges each block evaluates: all of them, or the hop-pruned sets (LAMMPS ghosts),
         # each edge next to its reverse (same unordered pair of atoms), so that the two share
         # one evaluation of the radial MLP within a chunk (_distinct_radial)

@@ -98,3 +98,18 @@ def test_inference_path_keeps_no_graph():
     batch, n = _batch(model, [triclinic_cell()])
     out = call_model(model, batch, n, compute_virial=True)
     assert all(out[k].grad_fn is None for k in KEYS)
+
+
+def test_message_pieces_only_on_one_thread():
+    """Eager models split the message product into pieces of message_chunk edges on one
+    thread only; with several threads they take whole chunks (forcefield.py,
+    DEFAULT_MESSAGE_CHUNK)."""
+    model = make_model(seed=1)
+    model.message_chunk = 7
+    assert model._message_piece(4096) == 7
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert model._message_piece(4096) == 4096
+    finally:
+        torch.set_num_threads(before)
