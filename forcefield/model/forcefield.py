@@ -219,15 +219,14 @@ class ForceField(nn.Module):
         edge_radial = self.radial_basis(r) * u.unsqueeze(-1)
         return r, u, edge_sh, edge_radial
 
-    def _distinct_radial(self, edge_vec: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(r, the distinct values of r, for each edge the index of its value).
+    def _distinct_radial(self, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(the distinct values of the edge lengths r, for each edge the index of its value).
 
         The radial MLP depends on r alone, and an edge and its reverse (j -> i with the
         opposite shift) have bitwise the same r (IEEE negation and subtraction are exact), so
         the inference path evaluates the MLP once per distinct r of a chunk."""
-        r = edge_lengths(edge_vec)
-        r_distinct, inverse = torch.unique(r, sorted=True, return_inverse=True)
-        return r, r_distinct, inverse
+        r_distinct, inverse = torch.unique(r.detach(), sorted=True, return_inverse=True)
+        return r_distinct, inverse
 
     def _radial_input(self, r: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The radial MLP's input (Bessel basis x envelope) and its derivative d/dr."""
@@ -297,7 +296,8 @@ class ForceField(nn.Module):
                 for start in range(0, sel.shape[0], chunk):
                     ids = sel[start : start + chunk]
                     ev = edge_vec[ids]
-                    r, r_distinct, inverse = self._distinct_radial(ev)
+                    r = edge_lengths(ev)
+                    r_distinct, inverse = self._distinct_radial(r)
                     basis, u = self.radial_basis(r_distinct), self.envelope(r_distinct).unsqueeze(-1)
                     w_distinct = layer.radial(basis * u)
                     sh = self.spherical_harmonics(ev / r.unsqueeze(-1))
@@ -376,16 +376,16 @@ class ForceField(nn.Module):
                     for start in range(0, sel.shape[0], chunk):
                         ids = sel[start : start + chunk]
                         centre, nbr = edge_index[0, ids], edge_index[1, ids]
-                        ev = edge_vec[ids]
-                        # radial weights and dw/dr once per distinct r (forward mode through the
-                        # MLP); only the spherical harmonics keep an autograd graph
-                        r, r_distinct, inverse = self._distinct_radial(ev)
+                        # only the spherical harmonics keep an autograd graph; the radial weights
+                        # and dw/dr come once per distinct r (forward mode through the MLP)
+                        ev = edge_vec[ids].requires_grad_(True)
+                        r_g = edge_lengths(ev)
+                        sh = self.spherical_harmonics(ev / r_g.unsqueeze(-1))
+                        r, sh_d = r_g.detach(), sh.detach()
+                        r_distinct, inverse = self._distinct_radial(r)
                         w_distinct, dw_distinct = block.radial_jvp(*self._radial_input(r_distinct))
                         # values only: the weights' gradients are not wanted here
                         w_distinct, dw_distinct = w_distinct.detach(), dw_distinct.detach()
-                        ev_g = ev.detach().requires_grad_(True)
-                        sh = self.spherical_harmonics(ev_g / edge_lengths(ev_g).unsqueeze(-1))
-                        sh_d = sh.detach()
                         g_sh = torch.empty_like(sh_d)
                         g_r = torch.empty_like(r)
                         for a in range(0, ids.shape[0], piece):
@@ -399,9 +399,9 @@ class ForceField(nn.Module):
                             # the radial part: dE/dr_e = g_w[e] . dw/dr(r_e)
                             g_r[a:b] = (g_w * dw_distinct.index_select(0, inverse[a:b])).sum(dim=1)
                         g_in: List[Optional[torch.Tensor]] = [g_sh]
-                        g_ev = torch.autograd.grad([sh], [ev_g], g_in)[0]
+                        g_ev = torch.autograd.grad([sh], [ev], g_in)[0]
                         assert g_ev is not None
-                        g_edge.index_add_(0, ids, g_ev + (g_r / r).unsqueeze(-1) * ev)  # dr/dv = v / r
+                        g_edge.index_add_(0, ids, g_ev + (g_r / r).unsqueeze(-1) * ev.detach())  # dr/dv = v / r
                     if g_self is not None:
                         g_xs: List[Optional[torch.Tensor]] = [g_x]
                         g_up = torch.autograd.grad([x], [h_in], g_xs)[0]
