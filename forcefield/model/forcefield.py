@@ -112,6 +112,9 @@ class ForceField(nn.Module):
         self.edge_chunk: int = DEFAULT_EDGE_CHUNK
         self.node_chunk: int = DEFAULT_NODE_CHUNK
         self.message_chunk: int = DEFAULT_MESSAGE_CHUNK
+        # plain autograd in use (create_graph False): radial MLPs once per distinct edge
+        # length, in forward mode (node_energies, first_order); False: as in training
+        self.shared_radial: bool = True
         sw = cfg.switch
         self.switch = IsolationSwitch(sw.tau, sw.r_on, sw.r_off, sw.enabled)
         self.to(_DTYPES[cfg.dtype])
@@ -178,15 +181,32 @@ class ForceField(nn.Module):
         edge_index: torch.Tensor,
         node_features: Optional[torch.Tensor] = None,
         n_local: int = -1,
+        first_order: bool = False,
     ) -> Dict[str, torch.Tensor]:
         """Per-atom energies E_i (eV) and the intermediate features (for the DeNS head);
-        `node_features` (irreps `irreps_dens`) are added to the features entering block `dens_layer`."""
+        `node_features` (irreps `irreps_dens`) are added to the features entering block `dens_layer`.
+
+        first_order: the result is only differentiated once, not through create_graph (forces
+        and virial of a model in use). The radial MLPs then run once per distinct edge length
+        (an edge and its reverse have bitwise the same r), in forward mode, and enter as
+        w(r) = w(r0) + w'(r0) (r - r0) at r0 = r's value: the same values and first
+        derivatives, without a reverse pass through the MLPs. Edges that share a length keep
+        their own r - r0, so each one's gradient still reaches its own edge vector (a perfect
+        lattice has many unrelated edges of equal length). Second derivatives in r lack
+        w''(r), hence never with create_graph (training)."""
         num_nodes = species.shape[0]
         r, u, edge_sh, edge_radial = self._edge_features(edge_vec)
         prune = 0 <= n_local < num_nodes
         layer_edges: List[torch.Tensor] = []
         if prune:
             layer_edges = self._layer_edges(edge_index, num_nodes, n_local)
+        inverse = torch.zeros(0, dtype=torch.long, device=r.device)
+        dr = r
+        radial_in = (r, r)
+        if first_order:
+            r_distinct, inverse = self._distinct_radial(r)
+            radial_in = self._radial_input(r_distinct)
+            dr = (r - r.detach()).unsqueeze(-1)  # zero, with dr/dr = 1
 
         h = self.embedding(species)
         penultimate = h
@@ -196,9 +216,26 @@ class ForceField(nn.Module):
                 h = h + node_features
             if k == n_layers - 1:
                 penultimate = h
-            if prune:
+            if first_order:
+                with torch.no_grad():
+                    w_distinct, dw_distinct = layer.radial_jvp(radial_in[0], radial_in[1])
+                if prune:
+                    sel = layer_edges[k]
+                    inv = inverse.index_select(0, sel)
+                    w = w_distinct.index_select(0, inv) + dw_distinct.index_select(0, inv) * dr.index_select(0, sel)
+                    h = layer.propagate(h, edge_sh.index_select(0, sel), w, edge_index.index_select(1, sel), species)
+                else:
+                    w = w_distinct.index_select(0, inverse) + dw_distinct.index_select(0, inverse) * dr
+                    h = layer.propagate(h, edge_sh, w, edge_index, species)
+            elif prune:
                 sel = layer_edges[k]
-                h = layer(h, edge_sh[sel], edge_radial[sel], edge_index[:, sel], species)
+                h = layer(
+                    h,
+                    edge_sh.index_select(0, sel),
+                    edge_radial.index_select(0, sel),
+                    edge_index.index_select(1, sel),
+                    species,
+                )
             else:
                 h = layer(h, edge_sh, edge_radial, edge_index, species)
         s = self.switch(r, u, edge_index[0], num_nodes)
@@ -243,7 +280,7 @@ class ForceField(nn.Module):
     def _energy_of_features(self, h: torch.Tensor, s: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """Per-atom energies from the last block's features and the switch."""
         e = self.readout(h).squeeze(-1)
-        return s * (self.scale * e + self.shift[species]) + (1.0 - s) * self.e0[species]
+        return s * (self.scale * e + self.shift.index_select(0, species)) + (1.0 - s) * self.e0.index_select(0, species)
 
     def _inference(
         self,
@@ -295,17 +332,17 @@ class ForceField(nn.Module):
                 agg = torch.zeros((num_nodes, layer.tp_fast.dim_out), device=h.device, dtype=h.dtype)
                 for start in range(0, sel.shape[0], chunk):
                     ids = sel[start : start + chunk]
-                    ev = edge_vec[ids]
+                    ev = edge_vec.index_select(0, ids)
                     r = edge_lengths(ev)
                     r_distinct, inverse = self._distinct_radial(r)
                     basis, u = self.radial_basis(r_distinct), self.envelope(r_distinct).unsqueeze(-1)
                     w_distinct = layer.radial(basis * u)
                     sh = self.spherical_harmonics(ev / r.unsqueeze(-1))
-                    centre, nbr = edge_index[0, ids], edge_index[1, ids]
+                    centre, nbr = edge_index[0].index_select(0, ids), edge_index[1].index_select(0, ids)
                     for a in range(0, ids.shape[0], piece):
                         b = a + piece
                         w = w_distinct.index_select(0, inverse[a:b])
-                        agg.index_add_(0, centre[a:b], layer.tp_fast(x[nbr[a:b]], sh[a:b], w))
+                        agg.index_add_(0, centre[a:b], layer.tp_fast(x.index_select(0, nbr[a:b]), sh[a:b], w))
                 agg = agg * layer.inv_avg_num_neighbors
                 hs.append(h)
                 aggs.append(agg)
@@ -375,10 +412,10 @@ class ForceField(nn.Module):
                     # radial MLP.
                     for start in range(0, sel.shape[0], chunk):
                         ids = sel[start : start + chunk]
-                        centre, nbr = edge_index[0, ids], edge_index[1, ids]
+                        centre, nbr = edge_index[0].index_select(0, ids), edge_index[1].index_select(0, ids)
                         # only the spherical harmonics keep an autograd graph; the radial weights
                         # and dw/dr come once per distinct r (forward mode through the MLP)
-                        ev = edge_vec[ids].requires_grad_(True)
+                        ev = edge_vec.index_select(0, ids).requires_grad_(True)
                         r_g = edge_lengths(ev)
                         sh = self.spherical_harmonics(ev / r_g.unsqueeze(-1))
                         r, sh_d = r_g.detach(), sh.detach()
@@ -392,7 +429,7 @@ class ForceField(nn.Module):
                             b = a + piece
                             w = w_distinct.index_select(0, inverse[a:b])
                             g_xj, g_sh[a:b], g_w = block.tp_fast.vjp(
-                                xd[nbr[a:b]], sh_d[a:b], w, g_agg[centre[a:b]], k > 0
+                                xd.index_select(0, nbr[a:b]), sh_d[a:b], w, g_agg.index_select(0, centre[a:b]), k > 0
                             )
                             if k > 0:
                                 g_x.index_add_(0, nbr[a:b], g_xj)
@@ -433,7 +470,7 @@ class ForceField(nn.Module):
         encoding in training). It is not keyword-only (`*`) because TorchScript refuses
         keyword-only parameters with defaults.
         """
-        edge_vec = pos[edge_index[1]] - pos[edge_index[0]] + shifts
+        edge_vec = pos.index_select(0, edge_index[1]) - pos.index_select(0, edge_index[0]) + shifts
         need_grad = compute_forces or compute_virial
         g: Optional[torch.Tensor] = None
         # the inference path (docs/design.md, "Inference path") when it can pay: with a single
@@ -445,7 +482,8 @@ class ForceField(nn.Module):
         else:
             if need_grad and not edge_vec.requires_grad:
                 edge_vec.requires_grad_(True)
-            out = self.node_energies(edge_vec, species, edge_index, node_features, n_local)
+            first_order = self.shared_radial and not create_graph and not self.training
+            out = self.node_energies(edge_vec, species, edge_index, node_features, n_local, first_order)
         node_energy = out["node_energy"]
         n_energy = node_energy.shape[0] if n_local < 0 else n_local
         counted = node_energy[:n_energy]
@@ -466,6 +504,6 @@ class ForceField(nn.Module):
             if compute_virial:
                 w = -(edge_vec.unsqueeze(-1) * g.unsqueeze(-2))
                 virial = torch.zeros((num_graphs, 3, 3), dtype=pos.dtype, device=pos.device)
-                virial = virial.index_add(0, batch[edge_index[0]], w)
+                virial = virial.index_add(0, batch.index_select(0, edge_index[0]), w)
                 out["virial"] = 0.5 * (virial + virial.transpose(1, 2))
         return out

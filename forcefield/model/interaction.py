@@ -167,8 +167,19 @@ class Interaction(nn.Module):
         edge_index: torch.Tensor,
         species: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        center, neighbour = edge_index[0], edge_index[1]
-        messages = self.messages(self.node_inputs(h)[neighbour], edge_sh, edge_radial)
+        return self.propagate(h, edge_sh, self.radial(edge_radial), edge_index, species)
+
+    def propagate(
+        self,
+        h: torch.Tensor,
+        edge_sh: torch.Tensor,
+        weights: torch.Tensor,
+        edge_index: torch.Tensor,
+        species: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """forward() with the radial MLP's output `weights` (E, paths * mul) given."""
+        x = self.node_inputs(h).index_select(0, edge_index[1])
+        messages = self.tp_fast(x, edge_sh, weights)
         agg = torch.zeros((h.shape[0], messages.shape[1]), dtype=messages.dtype, device=messages.device)
-        agg = agg.index_add(0, center, messages) * self.inv_avg_num_neighbors
+        agg = agg.index_add(0, edge_index[0], messages) * self.inv_avg_num_neighbors
         return self.update(agg, h, species)

@@ -46,7 +46,7 @@ class IsolationSwitch(nn.Module):
         big = torch.full((num_nodes,), float("inf"), dtype=r.dtype, device=r.device)
         m = big.scatter_reduce(0, center, r.detach(), reduce="amin", include_self=True)
         m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        terms = u * torch.exp(-(r - m_safe[center]) / self.tau)
+        terms = u * torch.exp(-(r - m_safe.index_select(0, center)) / self.tau)
         total = torch.zeros(num_nodes, dtype=r.dtype, device=r.device).index_add(0, center, terms)
         ok = total > 1e-30  # far below any total whose atom still has s_i > 0
         d = m_safe - self.tau * torch.log(torch.where(ok, total, torch.ones_like(total)))
