@@ -10,7 +10,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from forcefield.data.graph import build_graph, check_cell, recentred_positions
-from forcefield.model.deployed import DTYPES, is_exported_file, load_checkpoint_model, load_exported
+from forcefield.model.deployed import DTYPES, is_exported_file, load_checkpoint_model, load_exported, match_threads
 
 
 class _EagerRunner:
@@ -39,8 +39,12 @@ class _ExportedRunner:
         self.species = list(metadata["species"])
         self.r_max = float(metadata["r_max"])
         self.dtype = DTYPES[metadata["dtype"]]
+        self.threads = torch.get_num_threads()
 
     def __call__(self, pos, species, edge_index, shifts, want_virial: bool) -> Dict[str, torch.Tensor]:
+        if torch.get_num_threads() != self.threads:  # message pieces suit one thread only
+            self.threads = torch.get_num_threads()
+            match_threads(self.module, pos.device.type)
         # without the profiling executor's optimisation, as the pair style runs it: it gains
         # no speed on this model and its optimised graph keeps ~3x the memory alive
         with torch.jit.optimized_execution(False):

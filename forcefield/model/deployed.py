@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from forcefield.errors import InputError
+from forcefield.model.forcefield import DEFAULT_MESSAGE_CHUNK, message_pieces_pay
 from forcefield.model.serialization import model_from_checkpoint
 
 FORMAT_VERSION = 1
@@ -95,4 +96,18 @@ def load_exported(path: Union[str, Path], device: str = "cpu") -> Tuple[torch.ji
         raise InputError(
             f"{path}: unsupported format_version {meta.get('format_version')} (this forcefield reads {FORMAT_VERSION})"
         )
+    match_threads(module, device)
     return module, meta
+
+
+def match_threads(module: torch.jit.ScriptModule, device: str = "cpu") -> None:
+    """Set an exported model's message-product pieces for this process: `message_chunk`
+    edges on one CPU thread, whole edge chunks on several threads or a GPU
+    (forcefield.model.forcefield.DEFAULT_MESSAGE_CHUNK; the pair style does the same)."""
+    core = getattr(module, "model", None)
+    if core is None or not hasattr(core, "message_chunk"):
+        return  # an export from before message pieces
+    on_cpu = torch.device(device).type == "cpu"
+    core.message_chunk = (
+        DEFAULT_MESSAGE_CHUNK if message_pieces_pay(torch.get_num_threads(), on_cpu) else core.edge_chunk
+    )

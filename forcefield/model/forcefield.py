@@ -38,11 +38,19 @@ DEFAULT_NODE_CHUNK = 2048
 # the product's backward takes 3.2 instead of 5.5 us per edge at 4096 (lmax 2, correlation
 # 3, one core), while the radial MLP and the autograd around it keep whole chunks, where
 # their fixed costs per call are spread thin (chunks of 512 edges throughout were no faster).
-# This is for one thread (LAMMPS' usual one thread per MPI rank). With several threads each
-# small operation pays for waking the others (1024 FCC atoms, 2 threads: 1.3x slower in
-# pieces of 256), so eager models then take whole chunks (`_message_piece`); TorchScript
-# cannot ask for the thread count, so an exported model keeps `message_chunk`.
+# This is for one CPU thread (LAMMPS' usual one thread per MPI rank). With several threads
+# each small operation pays for waking the others (1024 FCC atoms, 2 threads: 1.3x slower in
+# pieces of 256), and on a GPU for a kernel launch, so there whole chunks go at once
+# (`message_pieces_pay`): eager models decide per call; TorchScript cannot ask for the thread
+# count, so whoever loads an export sets its `message_chunk` (forcefield.model.deployed.
+# match_threads for Python, the pair style for LAMMPS).
 DEFAULT_MESSAGE_CHUNK = 256
+
+
+def message_pieces_pay(num_threads: int, on_cpu: bool) -> bool:
+    """Whether the inference path should split the message product into pieces of
+    `message_chunk` edges: on one CPU thread only (DEFAULT_MESSAGE_CHUNK)."""
+    return on_cpu and num_threads == 1
 
 
 def hidden_irreps(channels: int, lmax: int) -> o3.Irreps:
@@ -272,10 +280,10 @@ class ForceField(nn.Module):
         return basis * u, d_input
 
     @torch.jit.unused
-    def _message_piece(self, chunk: int) -> int:
-        """Edges per message-product piece in eager mode: `message_chunk` on one thread,
-        whole chunks on several (DEFAULT_MESSAGE_CHUNK)."""
-        return max(1, self.message_chunk) if torch.get_num_threads() == 1 else chunk
+    def _message_piece(self, chunk: int, on_cpu: bool = True) -> int:
+        """Edges per message-product piece in eager mode: `message_chunk` on one CPU thread,
+        whole chunks on several or on a GPU (DEFAULT_MESSAGE_CHUNK)."""
+        return max(1, self.message_chunk) if message_pieces_pay(torch.get_num_threads(), on_cpu) else chunk
 
     def _energy_of_features(self, h: torch.Tensor, s: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """Per-atom energies from the last block's features and the switch."""
@@ -311,7 +319,7 @@ class ForceField(nn.Module):
         if torch.jit.is_scripting():
             piece = max(1, self.message_chunk)
         else:
-            piece = self._message_piece(chunk)
+            piece = self._message_piece(chunk, edge_vec.device.type == "cpu")
         # the edges each block evaluates: all of them, or the hop-pruned sets (LAMMPS ghosts),
         # each edge next to its reverse (same unordered pair of atoms), so that the two share
         # one evaluation of the radial MLP within a chunk (_distinct_radial)

@@ -240,6 +240,40 @@ run 0
     np.testing.assert_allclose(rows[:, 1:4], ref64["forces"], rtol=0, atol=2e-3)
 
 
+def test_message_pieces_follow_the_thread_count(bulk_case, random_models, plugin_path, tmp_path):
+    """The pair style splits the message product into pieces on one thread only and takes
+    whole edge chunks on several (the 108-atom cell has more edges than one chunk, so the
+    inference path runs); the results agree."""
+    d, atoms = bulk_case
+    rows, energies = {}, {}
+    for threads in (1, 2):
+        run_dir = tmp_path / f"t{threads}"
+        run_dir.mkdir()
+        (run_dir / "data.lmp").write_bytes((d / "data.lmp").read_bytes())
+        text = (
+            header(plugin_path, random_models["f64"])
+            + """dump d all custom 1 f.dump id fx fy fz c_pea
+dump_modify d format float %.17g sort id
+thermo_style custom step pe
+thermo_modify format float %.17g
+run 0
+"""
+        )
+        stdout = ok(lammps_run(run_dir, text, plugin_path, extra_env={"OMP_NUM_THREADS": str(threads)}))
+        expected = (
+            "pieces of 256 edges (CPU, 1 thread)"
+            if threads == 1
+            else "whole edge chunks of 4096 edges (CPU, 2 threads)"
+        )
+        assert f"message product: {expected}" in stdout, stdout[-2000:]
+        rows[threads] = read_dump(run_dir / "f.dump")[0]
+        energies[threads] = parse_thermo(stdout)[0]["PotEng"]
+    assert energies[2] == pytest.approx(energies[1], rel=1e-12)
+    np.testing.assert_allclose(rows[2], rows[1], rtol=0, atol=1e-10)
+    ref = calc_results(random_models["f64"], atoms)
+    np.testing.assert_allclose(rows[1][:, 1:4], ref["forces"], rtol=0, atol=1e-8)
+
+
 def test_pair_style_sends_only_the_receptive_field(bulk_case, random_models, plugin_path, tmp_path):
     """FORCEFIELD_DUMP_INPUTS saves what the pair style passes to the model: the owned atoms
     first, then only the ghosts within num_layers hops, edges shorter than r_max centred

@@ -100,6 +100,33 @@ def test_inference_path_keeps_no_graph():
     assert all(out[k].grad_fn is None for k in KEYS)
 
 
+def test_loaded_exports_match_the_thread_count(tmp_path):
+    """An export's message pieces are set by whoever loads it (TorchScript cannot read the
+    thread count): pieces on one CPU thread, whole edge chunks on several; the calculator
+    follows a later change of the thread count."""
+    from forcefield.calculator import make_runner
+    from forcefield.export.torchscript import export_model
+    from forcefield.model.deployed import load_exported
+    from forcefield.model.forcefield import DEFAULT_MESSAGE_CHUNK
+
+    path = export_model(make_model(seed=3), tmp_path / "m.pt")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        module, _ = load_exported(path)
+        assert module.model.message_chunk == DEFAULT_MESSAGE_CHUNK
+        torch.set_num_threads(2)
+        module, _ = load_exported(path)
+        assert module.model.message_chunk == module.model.edge_chunk
+        runner = make_runner(path)
+        torch.set_num_threads(1)
+        batch, n = _batch(make_model(seed=3), [triclinic_cell()])
+        runner(batch["pos"], batch["species"], batch["edge_index"], batch["shifts"], False)
+        assert runner.module.model.message_chunk == DEFAULT_MESSAGE_CHUNK
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_message_pieces_only_on_one_thread():
     """Eager models split the message product into pieces of message_chunk edges on one
     thread only; with several threads they take whole chunks (forcefield.py,
@@ -111,5 +138,7 @@ def test_message_pieces_only_on_one_thread():
     torch.set_num_threads(2)
     try:
         assert model._message_piece(4096) == 4096
+        torch.set_num_threads(1)
+        assert model._message_piece(4096, on_cpu=False) == 4096  # a GPU takes whole chunks
     finally:
         torch.set_num_threads(before)
