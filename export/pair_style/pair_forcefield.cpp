@@ -381,7 +381,8 @@ void PairForcefield::load_model(const std::string &path)
   // for a kernel launch: there whole edge chunks go at once. TorchScript cannot read the
   // thread count, so the loader decides (Python: forcefield.model.deployed.match_threads).
   std::string pieces = "as exported";
-  torch::jit::Module core = m.attr("model").toModule();
+  torch::jit::Module core = m;
+  if (m.hasattr("model") && m.attr("model").isModule()) core = m.attr("model").toModule();
   if (core.hasattr("message_chunk") && core.hasattr("edge_chunk")) {
     const int threads = at::get_num_threads();
     if (!ts->device.is_cpu() || threads != 1) core.setattr("message_chunk", core.attr("edge_chunk").toInt());
