@@ -88,6 +88,19 @@ compute vir all pressure NULL virial
 """
 
 
+def step0_deck(plugin: Path, model: Path) -> str:
+    """header() plus a dump of forces and per-atom energies of step 0 (f.dump) and `run 0`."""
+    return (
+        header(plugin, model)
+        + """dump d all custom 1 f.dump id fx fy fz c_pea
+dump_modify d format float %.17g sort id
+thermo_style custom step pe
+thermo_modify format float %.17g
+run 0
+"""
+    )
+
+
 def read_dump(path: Path) -> Dict[int, np.ndarray]:
     """{timestep: rows} of a `dump custom` file (rows sorted by id, columns as dumped)."""
     lines = path.read_text().splitlines()
@@ -218,16 +231,7 @@ def test_step0_matches_calculator_float64(bulk_case, random_models, mpi_runs):
 def test_step0_matches_calculator_float32(bulk_case, random_models, plugin_path, tmp_path):
     d, atoms = bulk_case
     (tmp_path / "data.lmp").write_bytes((d / "data.lmp").read_bytes())
-    text = (
-        header(plugin_path, random_models["f32"])
-        + """dump d all custom 1 f.dump id fx fy fz c_pea
-dump_modify d format float %.17g sort id
-thermo_style custom step pe
-thermo_modify format float %.17g
-run 0
-"""
-    )
-    stdout = ok(lammps_run(tmp_path, text, plugin_path))
+    stdout = ok(lammps_run(tmp_path, step0_deck(plugin_path, random_models["f32"]), plugin_path))
     assert "dtype: float32" in stdout
     ref = calc_results(random_models["f32"], atoms)
     ref64 = calc_results(random_models["f64"], atoms)
@@ -250,16 +254,8 @@ def test_message_pieces_follow_the_thread_count(bulk_case, random_models, plugin
         run_dir = tmp_path / f"t{threads}"
         run_dir.mkdir()
         (run_dir / "data.lmp").write_bytes((d / "data.lmp").read_bytes())
-        text = (
-            header(plugin_path, random_models["f64"])
-            + """dump d all custom 1 f.dump id fx fy fz c_pea
-dump_modify d format float %.17g sort id
-thermo_style custom step pe
-thermo_modify format float %.17g
-run 0
-"""
-        )
-        stdout = ok(lammps_run(run_dir, text, plugin_path, extra_env={"OMP_NUM_THREADS": str(threads)}))
+        deck = step0_deck(plugin_path, random_models["f64"])
+        stdout = ok(lammps_run(run_dir, deck, plugin_path, extra_env={"OMP_NUM_THREADS": str(threads)}))
         expected = (
             "pieces of 256 edges (CPU, 1 thread)"
             if threads == 1
