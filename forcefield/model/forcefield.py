@@ -225,8 +225,9 @@ class ForceField(nn.Module):
             if k == n_layers - 1:
                 penultimate = h
             if first_order:
-                with torch.no_grad():
-                    w_distinct, dw_distinct = layer.radial_jvp(radial_in[0], radial_in[1])
+                # with a graph for the MLP's parameters: gradients of the energy with respect
+                # to them stay right (w' enters multiplied by r - r0 = 0)
+                w_distinct, dw_distinct = layer.radial_jvp(radial_in[0], radial_in[1])
                 if prune:
                     sel = layer_edges[k]
                     inv = inverse.index_select(0, sel)

@@ -143,11 +143,6 @@ class Interaction(nn.Module):
         """The features each atom sends: linear_up(h), component-major (ChannelwiseTP's layout)."""
         return self.tp_fast.to_component_major(self.linear_up(h))
 
-    def messages(self, x_j: torch.Tensor, edge_sh: torch.Tensor, edge_radial: torch.Tensor) -> torch.Tensor:
-        """Per-edge messages from the neighbours' features x_j = node_inputs(h)[j],
-        component-major (ChannelwiseTP's layout; `update` takes their sum to e3nn's)."""
-        return self.tp_fast(x_j, edge_sh, self.radial(edge_radial))
-
     def update(self, agg: torch.Tensor, h: torch.Tensor, species: Optional[torch.Tensor] = None) -> torch.Tensor:
         """New node features from the aggregated (already normalised) messages and the old ones."""
         agg = self.tp_fast.to_e3nn_layout(agg)
@@ -177,7 +172,9 @@ class Interaction(nn.Module):
         edge_index: torch.Tensor,
         species: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """forward() with the radial MLP's output `weights` (E, paths * mul) given."""
+        """forward() with the radial MLP's output `weights` (E, paths * mul) given. The
+        messages are component-major (ChannelwiseTP's layout; `update` takes their sum to
+        e3nn's)."""
         x = self.node_inputs(h).index_select(0, edge_index[1])
         messages = self.tp_fast(x, edge_sh, weights)
         agg = torch.zeros((h.shape[0], messages.shape[1]), dtype=messages.dtype, device=messages.device)

@@ -121,3 +121,25 @@ def test_create_graph_keeps_full_second_derivatives():
             fd[j, c] = (forces(plus)[atom, axis] - forces(minus)[atom, axis]) / (2 * h)
     assert float(row.abs().max()) > 1e-2
     assert torch.allclose(row, fd, atol=1e-6 * max(1.0, float(row.abs().max()))), float((row - fd).abs().max())
+
+
+def test_parameter_gradients_of_the_energy_unchanged():
+    """Gradients of the energy with respect to the weights (e.g. for a user's own fitting
+    loop in eval mode) are those of the full model, the radial MLPs' included."""
+    model = make_model(seed=13)
+    model.edge_chunk = 0
+    atoms = _perfect_lattice()
+    atoms.rattle(0.05, seed=2)
+    b = collate([atoms_to_graph(atoms, model.species, model.r_max)], dtype=model.dtype)
+    grads = {}
+    for shared in (False, True):
+        model.shared_radial = shared
+        model.zero_grad()
+        out = call_model(model, b, 1, compute_forces=False)  # the energy's graph only
+        out["energy"].sum().backward()
+        grads[shared] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.shared_radial = True
+    radial = [n for n in grads[False] if ".radial." in n]
+    assert radial and set(grads[True]) == set(grads[False])
+    for n, g in grads[False].items():
+        assert torch.allclose(grads[True][n], g, rtol=1e-10, atol=1e-12), n
