@@ -224,29 +224,23 @@ class ForceField(nn.Module):
                 h = h + node_features
             if k == n_layers - 1:
                 penultimate = h
+            # this block's edges: all, or the hop-pruned set (LAMMPS ghosts)
+            sh_k, index_k, radial_k, inverse_k, dr_k = edge_sh, edge_index, edge_radial, inverse, dr
+            if prune:
+                sel = layer_edges[k]
+                sh_k, index_k = edge_sh.index_select(0, sel), edge_index.index_select(1, sel)
+                if first_order:
+                    inverse_k, dr_k = inverse.index_select(0, sel), dr.index_select(0, sel)
+                else:
+                    radial_k = edge_radial.index_select(0, sel)
             if first_order:
                 # with a graph for the MLP's parameters: gradients of the energy with respect
                 # to them stay right (w' enters multiplied by r - r0 = 0)
                 w_distinct, dw_distinct = layer.radial_jvp(radial_in[0], radial_in[1])
-                if prune:
-                    sel = layer_edges[k]
-                    inv = inverse.index_select(0, sel)
-                    w = w_distinct.index_select(0, inv) + dw_distinct.index_select(0, inv) * dr.index_select(0, sel)
-                    h = layer.propagate(h, edge_sh.index_select(0, sel), w, edge_index.index_select(1, sel), species)
-                else:
-                    w = w_distinct.index_select(0, inverse) + dw_distinct.index_select(0, inverse) * dr
-                    h = layer.propagate(h, edge_sh, w, edge_index, species)
-            elif prune:
-                sel = layer_edges[k]
-                h = layer(
-                    h,
-                    edge_sh.index_select(0, sel),
-                    edge_radial.index_select(0, sel),
-                    edge_index.index_select(1, sel),
-                    species,
-                )
+                w = w_distinct.index_select(0, inverse_k) + dw_distinct.index_select(0, inverse_k) * dr_k
             else:
-                h = layer(h, edge_sh, edge_radial, edge_index, species)
+                w = layer.radial(radial_k)
+            h = layer.propagate(h, sh_k, w, index_k, species)
         s = self.switch(r, u, edge_index[0], num_nodes)
         node_energy = self._energy_of_features(h, s, species)
         return {
