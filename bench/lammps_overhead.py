@@ -67,9 +67,11 @@ def make_export(
     r_max: float = 5.0,
     seed: int = 0,
     correlation: int = None,
+    fused_ops: bool = True,
 ) -> Path:
     """A ForceField with random weights (timing does not depend on them), exported.
-    correlation None: the default of this version."""
+    correlation None: the default of this version. fused_ops False: a portable export (plain
+    torch message product, no forcefield operators)."""
     from forcefield.export.torchscript import export_model
     from forcefield.model.forcefield import ForceField
 
@@ -86,7 +88,7 @@ def make_export(
         },
         {"avg_num_neighbors": 40.0, "shift": {"Cu": -3.5, "Au": -3.8}, "e0": {"Cu": -0.2, "Au": -0.3}},
     )
-    return export_model(model, path, dtype=dtype)
+    return export_model(model, path, dtype=dtype, fused_ops=fused_ops)
 
 
 def fcc_alloy(n_atoms: int, a: float = 3.75, au_fraction: float = 0.3, seed: int = 0):

@@ -11,6 +11,9 @@ weights: the cost does not depend on them). Contenders:
 - `ours-corr1` (--correlation-1): this checkout with the two-body model (correlation 1),
   the architecture the baseline had, so the pair-style and memory changes can be told apart
   from the model's cost;
+- `ours-portable` (--portable): this checkout's default model exported with
+  `fused_ops=False` (`forcefield export --portable`): the message product in plain torch
+  instead of the plugin's fused kernel (export/pair_style/channelwise_tp.cpp);
 - `baseline`: commit --baseline (default f0df4c6, issue 9's starting point), extracted with
   `git archive` into the work folder, its own plugin built from its own sources and its own
   export of its default model, run by the same LAMMPS.
@@ -201,6 +204,11 @@ def main(argv=None) -> None:
     )
     ap.add_argument("--correlation-1", action="store_true", help="also run this checkout's two-body model")
     ap.add_argument(
+        "--portable",
+        action="store_true",
+        help="also run this checkout's default model exported without the fused operators (export --portable)",
+    )
+    ap.add_argument(
         "--slab",
         action="store_true",
         help="the demo's 64-atom slab instead of the FCC alloy (use with --sizes 64 --channels 16 --r-max 6, "
@@ -239,6 +247,20 @@ def main(argv=None) -> None:
                     args.r_max,
                     args.seed,
                     correlation=1,
+                ),
+            }
+        if args.portable:
+            contenders["ours-portable"] = {
+                "plugin": plugin,
+                "model": make_export(
+                    work / "ours_portable.pt",
+                    args.dtype,
+                    args.channels,
+                    args.lmax,
+                    args.num_layers,
+                    args.r_max,
+                    args.seed,
+                    fused_ops=False,
                 ),
             }
         if args.baseline:

@@ -38,6 +38,7 @@ __all__ = [
     "PLUGIN_NAME",
     "SOURCE_DIR",
     "build_plugin",
+    "build_native_ops",
     "plugin_cache_dir",
     "lammps_env",
     "lmp_executable",
@@ -49,7 +50,16 @@ __all__ = [
 
 PLUGIN_NAME = "forcefieldplugin.so"
 SOURCE_DIR = Path(__file__).resolve().parent / "pair_style"
-SOURCE_FILES = ("CMakeLists.txt", "pair_forcefield.h", "pair_forcefield.cpp", "forcefieldplugin.cpp")
+SOURCE_FILES = (
+    "CMakeLists.txt",
+    "pair_forcefield.h",
+    "pair_forcefield.cpp",
+    "forcefieldplugin.cpp",
+    "channelwise_tp.cpp",
+    "channelwise_tp_rows.h",
+)
+# the fused operators alone, as forcefield_native::... (tests compare them with Python's)
+NATIVE_OPS_NAME = "forcefield_native_ops.so"
 _STAMP = ".forcefield-plugin-key"
 
 
@@ -192,16 +202,34 @@ def build_plugin(output_dir: Optional[Path] = None, force: bool = False) -> Path
     an up-to-date build exists. Raises :class:`PluginBuildError` with a one-line
     message if cmake, lammps or mpi.h is missing or the compilation fails.
     """
+    return _build("forcefieldplugin", PLUGIN_NAME, "", output_dir, force)
+
+
+def build_native_ops(output_dir: Optional[Path] = None, force: bool = False) -> Path:
+    """Build (or reuse) the plugin's fused operators as a library of their own,
+    registered as ``forcefield_native::channelwise_tp`` and ``..._vjp`` (so they sit
+    beside Python's ``forcefield::`` ones): load it with ``torch.ops.load_library``.
+    Cached in a ``native/`` folder next to the plugin's (not in the plugin's folder:
+    LAMMPS would take every .so there for a plugin)."""
+    return _build("forcefield_native_ops", NATIVE_OPS_NAME, "native", output_dir, force)
+
+
+def _build(target: str, name: str, subdir: str, output_dir: Optional[Path], force: bool) -> Path:
+    """Build CMake target `target` of SOURCE_DIR into `name` in the cache folder of this
+    build key (its subfolder `subdir`) or in output_dir."""
     key = _build_key()
-    target_dir = Path(output_dir).expanduser().resolve() if output_dir is not None else plugin_cache_dir() / key
-    plugin = target_dir / PLUGIN_NAME
+    if output_dir is not None:
+        target_dir = Path(output_dir).expanduser().resolve()
+    else:
+        target_dir = plugin_cache_dir() / key / subdir if subdir else plugin_cache_dir() / key
+    artifact = target_dir / name
     stamp = target_dir / _STAMP
 
     def up_to_date() -> bool:
-        return plugin.is_file() and stamp.is_file() and stamp.read_text().strip() == key
+        return artifact.is_file() and stamp.is_file() and stamp.read_text().strip() == key
 
     if not force and up_to_date():
-        return plugin
+        return artifact
 
     # everything needed is resolved before the lock, so errors come fast
     cmake = _cmake()
@@ -211,10 +239,10 @@ def build_plugin(output_dir: Optional[Path] = None, force: bool = False) -> Path
 
     with _locked(target_dir):
         if not force and up_to_date():  # built by a concurrent process meanwhile
-            return plugin
+            return artifact
         build_dir = Path(tempfile.mkdtemp(prefix="build-", dir=target_dir))
         log = target_dir / "build.log"
-        log.write_text(f"forcefield plugin build {time.strftime('%Y-%m-%d %H:%M:%S')} key {key}\n")
+        log.write_text(f"forcefield {target} build {time.strftime('%Y-%m-%d %H:%M:%S')} key {key}\n")
         configure = [
             cmake,
             "-S",
@@ -228,18 +256,18 @@ def build_plugin(output_dir: Optional[Path] = None, force: bool = False) -> Path
         ]
         _run(configure, log, "cmake configure")
         jobs = str(max(1, min(os.cpu_count() or 1, 4)))
-        _run([cmake, "--build", str(build_dir), "--parallel", jobs], log, "cmake build")
-        built = build_dir / PLUGIN_NAME
+        _run([cmake, "--build", str(build_dir), "--target", target, "--parallel", jobs], log, "cmake build")
+        built = build_dir / name
         if not built.is_file():
             raise PluginBuildError(f"the build did not produce {built}, full log: {log}")
         from forcefield.atomic_io import atomic_path, write_text
 
         # atomic: a running LAMMPS never sees a half-written file; mode 0o777 & ~umask
-        with atomic_path(plugin, mode=0o777) as tmp:
+        with atomic_path(artifact, mode=0o777) as tmp:
             shutil.copyfile(built, tmp)
         write_text(key + "\n", stamp)
         shutil.rmtree(build_dir, ignore_errors=True)
-    return plugin
+    return artifact
 
 
 # --------------------------------------------------------------------------- running

@@ -35,6 +35,7 @@ from forcefield.model.deployed import (  # noqa: F401 - the loaders, re-exported
     load_checkpoint_model,
     load_exported,
 )
+from forcefield.model.fast_tp import FUSED_OPERATORS, ChannelwiseTP
 from forcefield.model.forcefield import ForceField
 
 
@@ -92,8 +93,16 @@ def metadata_of(model: nn.Module, dtype: str) -> dict:
     }
 
 
-def export_model(model: Union[nn.Module, str, Path], path: Union[str, Path], dtype: Optional[str] = None) -> Path:
-    """Script `model` (a ForceField or a checkpoint path) and write it atomically to `path`."""
+def export_model(
+    model: Union[nn.Module, str, Path], path: Union[str, Path], dtype: Optional[str] = None, fused_ops: bool = True
+) -> Path:
+    """Script `model` (a ForceField or a checkpoint path) and write it atomically to `path`.
+
+    fused_ops: the model's message products on CPU (without create_graph) call the operators
+    forcefield::channelwise_tp and forcefield::channelwise_tp_vjp, which the LAMMPS plugin
+    runs as a fused C++ kernel (export/pair_style/channelwise_tp.cpp) and `import forcefield`
+    defines in Python (same numbers, plain torch). The file then loads only where they are
+    registered. False: a self-contained file that loads with torch alone (slower in LAMMPS)."""
     from e3nn.util.jit import script
 
     path = Path(path).expanduser()
@@ -112,8 +121,12 @@ def export_model(model: Union[nn.Module, str, Path], path: Union[str, Path], dty
     state = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     fresh.load_state_dict(state)
     fresh.eval()
+    for m in fresh.modules():
+        if isinstance(m, ChannelwiseTP):
+            m.fused_ops = fused_ops  # a TorchScript constant: False leaves the calls out
     scripted = script(DeployedModel(fresh))
     meta = metadata_of(fresh, dtype)
+    meta["operators"] = list(FUSED_OPERATORS) if fused_ops else []
     extra = {
         "format_version": str(FORMAT_VERSION),
         "species": " ".join(meta["species"]),

@@ -4,7 +4,8 @@
 #
 #   export/pair_style/install_into_lammps_source.sh /path/to/lammps [--patch-cmake]
 #
-# Copies pair_forcefield.h/.cpp into /path/to/lammps/src/ (LAMMPS' CMake
+# Copies pair_forcefield.h/.cpp and the fused message-product kernel
+# (channelwise_tp.cpp, channelwise_tp_rows.h) into /path/to/lammps/src/ (LAMMPS' CMake
 # build compiles every src/*.cpp and registers the style through the
 # PairStyle(forcefield,PairForcefield) line in the header). The pair style
 # needs libtorch; LAMMPS' CMake has no option for it, so --patch-cmake appends
@@ -53,7 +54,7 @@ if [[ ! -f "$SRC/pair.h" || ! -f "$SRC/lammps.cpp" ]]; then
   exit 1
 fi
 
-for f in pair_forcefield.h pair_forcefield.cpp; do
+for f in pair_forcefield.h pair_forcefield.cpp channelwise_tp.cpp channelwise_tp_rows.h; do
   cp "$HERE/$f" "$SRC/$f"
   echo "copied $f -> $SRC/$f"
 done

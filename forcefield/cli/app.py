@@ -201,13 +201,18 @@ def export(
     checkpoint: Path = typer.Argument(..., help="A training checkpoint (.ckpt)."),
     output: Path = typer.Option(..., "--output", "-o", help="Exported TorchScript file (.pt)."),
     dtype: Optional[str] = typer.Option(None, help="float32 or float64 (default: the model's)."),
+    portable: bool = typer.Option(
+        False,
+        "--portable",
+        help="A file that loads with torch alone, without forcefield's operators (slower in LAMMPS).",
+    ),
 ) -> None:
     """Export a checkpoint to TorchScript for LAMMPS and Python (DeNS parts dropped)."""
     _quiet_warnings()
     from forcefield.export.torchscript import export_model
 
     output = _output_file(output, "--output")
-    path = export_model(_expand(checkpoint), output, dtype)
+    path = export_model(_expand(checkpoint), output, dtype, fused_ops=not portable)
     typer.echo(str(Path(path).resolve()))
 
 

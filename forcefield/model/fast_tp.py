@@ -35,7 +35,7 @@ TorchScript). No parameters; the constants are non-persistent buffers, so state 
 unchanged.
 """
 
-from typing import List, Tuple
+from typing import Final, List, Tuple
 
 import torch
 from e3nn import o3
@@ -45,10 +45,17 @@ from torch import nn
 class ChannelwiseTP(nn.Module):
     """The messages of an e3nn uvu `TensorProduct` `tp` (per-sample weights, second input of
     multiplicity 1, one multiplicity throughout, one path per output irrep), component-major:
-    to_e3nn_layout(forward(to_component_major(x1), x2, weights)) == tp(x1, x2, weights)."""
+    to_e3nn_layout(forward(to_component_major(x1), x2, weights)) == tp(x1, x2, weights).
+
+    fused_ops (a TorchScript constant, False unless export_model sets it): the calls with
+    fused=True go through the operators forcefield::channelwise_tp(_vjp). False leaves them
+    out of the scripted code, so the module scripts and loads with torch alone."""
+
+    fused_ops: Final[bool]
 
     def __init__(self, tp: o3.TensorProduct):
         super().__init__()
+        self.fused_ops = False
         ins = tp.instructions
         muls = {mul for mul, _ in tp.irreps_in1} | {mul for mul, _ in tp.irreps_out}
         one_path_per_output = all(sum(i.i_out == s for i in ins) == 1 for s in range(len(tp.irreps_out)))
@@ -88,7 +95,6 @@ class ChannelwiseTP(nn.Module):
         # float64 here; the model's .to(dtype) casts them (computing them in float32 and casting
         # up would cost a float64 model its last 8 digits)
         self.register_buffer("cg", cg.reshape(cg.shape[0], -1), persistent=False)  # (j, (c, i))
-        self.register_buffer("cg_ic", cg.transpose(1, 2).reshape(cg.shape[0], -1).contiguous(), persistent=False)
         self.register_buffer("path_of_column", torch.tensor(path_of_column, dtype=torch.long), persistent=False)
         # component-major column i * mul + u <- e3nn column (slot start + u * d1 + a)
         in_perm = [0] * tp.irreps_in1.dim
@@ -113,54 +119,110 @@ class ChannelwiseTP(nn.Module):
         """Columns of a forward() output (or of a sum of them) in e3nn's order."""
         return out.index_select(1, self.perm)
 
-    def _parts(
-        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(Z (E, K, D1), P (E, K, mul), the weights per component (E, K, mul))."""
-        e = x.shape[0]
-        z = (y @ self.cg).view(e, self.k, self.d1)
-        x3 = x.view(e, self.d1, self.mul)
-        if self.d1 == 1:  # an outer product: bmm with an inner dimension of 1 is ~7x slower
-            prod = z * x3
-        else:
-            prod = torch.bmm(z, x3)
-        wide = w.view(e, self.n_paths, self.mul).index_select(1, self.path_of_column)
-        return z, prod, wide
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, fused: bool = False) -> torch.Tensor:
         """x (E, D1 * mul) component-major, y (E, dim_y), w (E, paths * mul) in e3nn's weight
-        order -> (E, K * mul) component-major."""
-        _, prod, wide = self._parts(x, y, w)
-        if torch.is_grad_enabled():
-            out = prod * wide
-        else:  # nothing keeps prod
-            out = prod.mul_(wide)
-        return out.view(x.shape[0], self.k * self.mul)
+        order -> (E, K * mul) component-major. fused (with fused_ops): through the operator
+        forcefield::channelwise_tp (CPU tensors; first derivatives only, see the module doc)."""
+        if self.fused_ops and fused and x.device.type == "cpu":
+            return torch.ops.forcefield.channelwise_tp(x, y, w, self.cg, self.path_of_column)
+        return channelwise_tp(x, y, w, self.cg, self.path_of_column)
 
     @torch.jit.export
     def vjp(
-        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, g_out: torch.Tensor, need_x: bool = True
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        w: torch.Tensor,
+        g_out: torch.Tensor,
+        need_x: bool = True,
+        fused: bool = False,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(g_x, g_y, g_w): the gradients of sum(g_out * forward(x, y, w)), computed without a
-        graph (the inputs are taken as values). g_x is an empty tensor unless need_x."""
-        e = x.shape[0]
-        z, prod, wide = self._parts(x, y, w)
-        g3 = g_out.view(e, self.k, self.mul)
-        g_w = torch.zeros((e, self.n_paths, self.mul), dtype=x.dtype, device=x.device)
-        g_w = g_w.index_add_(1, self.path_of_column, g3 * prod).view(e, self.n_paths * self.mul)
-        g_prod = g3.mul(wide)
-        x3 = x.view(e, self.d1, self.mul)
-        if self.d1 == 1:
-            g_zt = (x3 * g_prod).sum(dim=2).view(e, 1, self.k)
-        else:
-            g_zt = torch.bmm(x3, g_prod.transpose(1, 2))  # (E, D1, K)
-        # (dim_y, D1*K) @ (D1*K, E), transposed: BLAS does this ~4x faster than the same
-        # product as (E, D1*K) @ (D1*K, dim_y), whose output has only 9 columns
-        g_y = (self.cg_ic @ g_zt.reshape(e, self.d1 * self.k).t()).t()
-        if not need_x:
-            return torch.empty(0, dtype=x.dtype, device=x.device), g_y, g_w
-        if self.d1 == 1:
-            g_x = (z * g_prod).sum(dim=1)
-        else:
-            g_x = torch.bmm(z.transpose(1, 2), g_prod).view(e, self.d1 * self.mul)
-        return g_x, g_y, g_w
+        graph (the inputs are taken as values). g_x is an empty tensor unless need_x. fused
+        (with fused_ops): through the operator forcefield::channelwise_tp_vjp (CPU tensors)."""
+        if self.fused_ops and fused and x.device.type == "cpu":
+            return torch.ops.forcefield.channelwise_tp_vjp(x, y, w, self.cg, self.path_of_column, g_out, need_x)
+        return channelwise_tp_vjp(x, y, w, self.cg, self.path_of_column, g_out, need_x)
+
+
+def _parts(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, cg: torch.Tensor, path_of_column: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(Z (E, K, D1), P (E, K, mul), the weights per component (E, K, mul))."""
+    e, k = x.shape[0], path_of_column.shape[0]
+    d1 = cg.shape[1] // k
+    mul = x.shape[1] // d1
+    z = (y @ cg).view(e, k, d1)
+    x3 = x.view(e, d1, mul)
+    if d1 == 1:  # an outer product: bmm with an inner dimension of 1 is ~7x slower
+        prod = z * x3
+    else:
+        prod = torch.bmm(z, x3)
+    wide = w.view(e, w.shape[1] // mul, mul).index_select(1, path_of_column)
+    return z, prod, wide
+
+
+def channelwise_tp(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, cg: torch.Tensor, path_of_column: torch.Tensor
+) -> torch.Tensor:
+    """ChannelwiseTP.forward in plain torch (cg, path_of_column: its buffers); also the Python
+    implementation of the operator forcefield::channelwise_tp."""
+    _, prod, wide = _parts(x, y, w, cg, path_of_column)
+    if torch.is_grad_enabled():
+        out = prod * wide
+    else:  # nothing keeps prod
+        out = prod.mul_(wide)
+    return out.view(x.shape[0], prod.shape[1] * prod.shape[2])
+
+
+def channelwise_tp_vjp(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    cg: torch.Tensor,
+    path_of_column: torch.Tensor,
+    g_out: torch.Tensor,
+    need_x: bool,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ChannelwiseTP.vjp in plain torch; also the Python implementation of the operator
+    forcefield::channelwise_tp_vjp."""
+    e = x.shape[0]
+    z, prod, wide = _parts(x, y, w, cg, path_of_column)
+    k, d1, mul = z.shape[1], z.shape[2], prod.shape[2]
+    n_paths = w.shape[1] // mul
+    g3 = g_out.view(e, k, mul)
+    g_w = torch.zeros((e, n_paths, mul), dtype=x.dtype, device=x.device)
+    g_w = g_w.index_add_(1, path_of_column, g3 * prod).view(e, n_paths * mul)
+    g_prod = g3.mul(wide)
+    x3 = x.view(e, d1, mul)
+    if d1 == 1:
+        g_zt = (x3 * g_prod).sum(dim=2).view(e, 1, k)
+    else:
+        g_zt = torch.bmm(x3, g_prod.transpose(1, 2))  # (E, D1, K)
+    # (dim_y, D1*K) @ (D1*K, E), transposed: BLAS does this ~4x faster than the same
+    # product as (E, D1*K) @ (D1*K, dim_y), whose output has only 9 columns
+    cg_ic = cg.view(cg.shape[0], k, d1).transpose(1, 2).reshape(cg.shape[0], d1 * k)
+    g_y = (cg_ic @ g_zt.reshape(e, d1 * k).t()).t()
+    if not need_x:
+        return torch.empty(0, dtype=x.dtype, device=x.device), g_y, g_w
+    if d1 == 1:
+        g_x = (z * g_prod).sum(dim=1)
+    else:
+        g_x = torch.bmm(z.transpose(1, 2), g_prod).view(e, d1 * mul)
+    return g_x, g_y, g_w
+
+
+# The two operators an exported model calls where it runs on CPU without create_graph
+# (ForceField's first-order and inference paths). Here their implementation is the plain
+# torch code above, composite (autograd goes through its operations), so a model gives the
+# same numbers eagerly, scripted and exported; the LAMMPS plugin registers the same schemas
+# with a fused C++ kernel (export/pair_style/channelwise_tp.cpp). Defined once per process.
+FUSED_OPERATORS = ("forcefield::channelwise_tp", "forcefield::channelwise_tp_vjp")
+_OPERATORS = torch.library.Library("forcefield", "DEF")
+_OPERATORS.define("channelwise_tp(Tensor x, Tensor y, Tensor w, Tensor cg, Tensor path_of_column) -> Tensor")
+_OPERATORS.define(
+    "channelwise_tp_vjp(Tensor x, Tensor y, Tensor w, Tensor cg, Tensor path_of_column, Tensor g_out, "
+    "bool need_x) -> (Tensor, Tensor, Tensor)"
+)
+_OPERATORS.impl("channelwise_tp", channelwise_tp, "CompositeImplicitAutograd")
+_OPERATORS.impl("channelwise_tp_vjp", channelwise_tp_vjp, "CompositeImplicitAutograd")

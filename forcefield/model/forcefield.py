@@ -240,7 +240,7 @@ class ForceField(nn.Module):
                 w = w_distinct.index_select(0, inverse_k) + dw_distinct.index_select(0, inverse_k) * dr_k
             else:
                 w = layer.radial(radial_k)
-            h = layer.propagate(h, sh_k, w, index_k, species)
+            h = layer.propagate(h, sh_k, w, index_k, species, first_order)
         s = self.switch(r, u, edge_index[0], num_nodes)
         node_energy = self._energy_of_features(h, s, species)
         return {
@@ -345,7 +345,7 @@ class ForceField(nn.Module):
                     for a in range(0, ids.shape[0], piece):
                         b = a + piece
                         w = w_distinct.index_select(0, inverse[a:b])
-                        agg.index_add_(0, centre[a:b], layer.tp_fast(x.index_select(0, nbr[a:b]), sh[a:b], w))
+                        agg.index_add_(0, centre[a:b], layer.tp_fast(x.index_select(0, nbr[a:b]), sh[a:b], w, True))
                 agg = agg * layer.inv_avg_num_neighbors
                 hs.append(h)
                 aggs.append(agg)
@@ -432,7 +432,12 @@ class ForceField(nn.Module):
                             b = a + piece
                             w = w_distinct.index_select(0, inverse[a:b])
                             g_xj, g_sh[a:b], g_w = block.tp_fast.vjp(
-                                xd.index_select(0, nbr[a:b]), sh_d[a:b], w, g_agg.index_select(0, centre[a:b]), k > 0
+                                xd.index_select(0, nbr[a:b]),
+                                sh_d[a:b],
+                                w,
+                                g_agg.index_select(0, centre[a:b]),
+                                k > 0,
+                                True,
                             )
                             if k > 0:
                                 g_x.index_add_(0, nbr[a:b], g_xj)

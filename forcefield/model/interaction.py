@@ -171,12 +171,14 @@ class Interaction(nn.Module):
         weights: torch.Tensor,
         edge_index: torch.Tensor,
         species: Optional[torch.Tensor] = None,
+        fused: bool = False,
     ) -> torch.Tensor:
         """forward() with the radial MLP's output `weights` (E, paths * mul) given. The
         messages are component-major (ChannelwiseTP's layout; `update` takes their sum to
-        e3nn's)."""
+        e3nn's). fused: the message product by its operator (ChannelwiseTP.forward; first
+        derivatives only)."""
         x = self.node_inputs(h).index_select(0, edge_index[1])
-        messages = self.tp_fast(x, edge_sh, weights)
+        messages = self.tp_fast(x, edge_sh, weights, fused)
         agg = torch.zeros((h.shape[0], messages.shape[1]), dtype=messages.dtype, device=messages.device)
         agg = agg.index_add(0, edge_index[0], messages) * self.inv_avg_num_neighbors
         return self.update(agg, h, species)

@@ -244,30 +244,36 @@ def test_step0_matches_calculator_float32(bulk_case, random_models, plugin_path,
     np.testing.assert_allclose(rows[:, 1:4], ref64["forces"], rtol=0, atol=2e-3)
 
 
-def test_message_pieces_follow_the_thread_count(bulk_case, random_models, plugin_path, tmp_path):
-    """The pair style splits the message product into pieces on one thread only and takes
-    whole edge chunks on several (the 108-atom cell has more edges than one chunk, so the
-    inference path runs); the results agree."""
+def test_message_product_kernel_and_pieces(bulk_case, random_models, plugin_path, tmp_path):
+    """Exports call the fused kernel (export/pair_style/channelwise_tp.cpp) on whole edge
+    chunks whatever the thread count; a portable export (plain torch inside) splits the
+    message product into pieces on one thread only. The 108-atom cell has more edges than
+    one chunk, so the inference path runs. All agree to float64 round-off: the kernel in
+    LAMMPS against the plain torch product in LAMMPS and the calculator in Python."""
     d, atoms = bulk_case
+    model = make_model("float64", seed=11, species=SPECIES, channels=8, lmax=2, num_layers=2, r_max=R_MAX)
+    portable = export_model(model, tmp_path / "portable.pt", fused_ops=False)
     rows, energies = {}, {}
-    for threads in (1, 2):
-        run_dir = tmp_path / f"t{threads}"
+    runs = [
+        (random_models["f64"], 1, "fused kernel, whole edge chunks of 4096 edges (CPU, 1 thread)"),
+        (random_models["f64"], 2, "fused kernel, whole edge chunks of 4096 edges (CPU, 2 threads)"),
+        (portable, 1, "pieces of 256 edges (CPU, 1 thread)"),
+        (portable, 2, "whole edge chunks of 4096 edges (CPU, 2 threads)"),
+    ]
+    for n, (path, threads, expected) in enumerate(runs):
+        run_dir = tmp_path / f"run{n}"
         run_dir.mkdir()
         (run_dir / "data.lmp").write_bytes((d / "data.lmp").read_bytes())
-        deck = step0_deck(plugin_path, random_models["f64"])
+        deck = step0_deck(plugin_path, path)
         stdout = ok(lammps_run(run_dir, deck, plugin_path, extra_env={"OMP_NUM_THREADS": str(threads)}))
-        expected = (
-            "pieces of 256 edges (CPU, 1 thread)"
-            if threads == 1
-            else "whole edge chunks of 4096 edges (CPU, 2 threads)"
-        )
-        assert f"message product: {expected}" in stdout, stdout[-2000:]
-        rows[threads] = read_dump(run_dir / "f.dump")[0]
-        energies[threads] = parse_thermo(stdout)[0]["PotEng"]
-    assert energies[2] == pytest.approx(energies[1], rel=1e-12)
-    np.testing.assert_allclose(rows[2], rows[1], rtol=0, atol=1e-10)
+        assert f"message product: {expected}\n" in stdout, stdout[-2000:]
+        rows[n] = read_dump(run_dir / "f.dump")[0]
+        energies[n] = parse_thermo(stdout)[0]["PotEng"]
     ref = calc_results(random_models["f64"], atoms)
-    np.testing.assert_allclose(rows[1][:, 1:4], ref["forces"], rtol=0, atol=1e-8)
+    for n in range(1, len(runs)):
+        assert energies[n] == pytest.approx(energies[0], rel=1e-12)
+        np.testing.assert_allclose(rows[n], rows[0], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(rows[0][:, 1:4], ref["forces"], rtol=0, atol=1e-8)
 
 
 def test_pair_style_sends_only_the_receptive_field(bulk_case, random_models, plugin_path, tmp_path):
