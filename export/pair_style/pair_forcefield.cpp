@@ -381,12 +381,12 @@ void PairForcefield::load_model(const std::string &path)
   torch::jit::setFusionStrategy(strategy);
 
   // The inference path splits the message product into cache-sized pieces of
-  // `message_chunk` edges. That pays on one CPU thread only, and only for the plain torch
-  // product; with several threads each small operation pays for waking the others (1.3x
-  // slower at 1024 atoms on 2 threads), on a GPU for a kernel launch; the fused kernel of
-  // channelwise_tp.cpp (exports that call forcefield::channelwise_tp, on CPU) works one edge
-  // at a time anyway: whole edge chunks go at once there. TorchScript cannot read the
-  // thread count, so the loader decides (Python: forcefield.model.deployed.match_threads).
+  // `message_chunk` edges. That pays on one CPU thread only (also with the fused kernel of
+  // channelwise_tp.cpp, which exports that call forcefield::channelwise_tp use on CPU: the
+  // gathers around it stay in cache); with several threads each small operation pays for
+  // waking the others (1.3x slower at 1024 atoms on 2 threads), on a GPU for a kernel
+  // launch: there whole edge chunks go at once. TorchScript cannot read the thread count,
+  // so the loader decides (Python: forcefield.model.deployed.match_threads).
   const bool fused =
       ts->device.is_cpu() && extra["metadata.json"].find("\"forcefield::channelwise_tp\"") != std::string::npos;
   std::string pieces = "as exported";
@@ -394,8 +394,7 @@ void PairForcefield::load_model(const std::string &path)
   if (m.hasattr("model") && m.attr("model").isModule()) core = m.attr("model").toModule();
   if (core.hasattr("message_chunk") && core.hasattr("edge_chunk")) {
     const int threads = at::get_num_threads();
-    if (!ts->device.is_cpu() || threads != 1 || fused)
-      core.setattr("message_chunk", core.attr("edge_chunk").toInt());
+    if (!ts->device.is_cpu() || threads != 1) core.setattr("message_chunk", core.attr("edge_chunk").toInt());
     const int64_t piece = core.attr("message_chunk").toInt();
     pieces = std::string(fused ? "fused kernel, " : "") +
         (piece == core.attr("edge_chunk").toInt() ? "whole edge chunks of " : "pieces of ") + std::to_string(piece) +

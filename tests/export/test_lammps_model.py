@@ -245,17 +245,17 @@ def test_step0_matches_calculator_float32(bulk_case, random_models, plugin_path,
 
 
 def test_message_product_kernel_and_pieces(bulk_case, random_models, plugin_path, tmp_path):
-    """Exports call the fused kernel (export/pair_style/channelwise_tp.cpp) on whole edge
-    chunks whatever the thread count; a portable export (plain torch inside) splits the
-    message product into pieces on one thread only. The 108-atom cell has more edges than
-    one chunk, so the inference path runs. All agree to float64 round-off: the kernel in
-    LAMMPS against the plain torch product in LAMMPS and the calculator in Python."""
+    """Exports call the fused kernel (export/pair_style/channelwise_tp.cpp), portable ones
+    (plain torch inside) do not; either way the pair style splits the message product into
+    pieces on one thread only. The 108-atom cell has more edges than one chunk, so the
+    inference path runs. All agree to float64 round-off: the kernel in LAMMPS against the
+    plain torch product in LAMMPS and the calculator in Python."""
     d, atoms = bulk_case
     model = make_model("float64", seed=11, species=SPECIES, channels=8, lmax=2, num_layers=2, r_max=R_MAX)
     portable = export_model(model, tmp_path / "portable.pt", fused_ops=False)
     rows, energies = {}, {}
     runs = [
-        (random_models["f64"], 1, "fused kernel, whole edge chunks of 4096 edges (CPU, 1 thread)"),
+        (random_models["f64"], 1, "fused kernel, pieces of 256 edges (CPU, 1 thread)"),
         (random_models["f64"], 2, "fused kernel, whole edge chunks of 4096 edges (CPU, 2 threads)"),
         (portable, 1, "pieces of 256 edges (CPU, 1 thread)"),
         (portable, 2, "whole edge chunks of 4096 edges (CPU, 2 threads)"),
