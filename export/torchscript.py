@@ -99,10 +99,10 @@ def export_model(
     """Script `model` (a ForceField or a checkpoint path) and write it atomically to `path`.
 
     fused_ops: the model's message products on CPU (without create_graph) call the operators
-    forcefield::channelwise_tp and forcefield::channelwise_tp_vjp, which the LAMMPS plugin
-    runs as a fused C++ kernel (export/pair_style/channelwise_tp.cpp) and `import forcefield`
-    defines in Python (same numbers, plain torch). The file then loads only where they are
-    registered. False: a self-contained file that loads with torch alone (slower in LAMMPS)."""
+    forcefield::channelwise_tp, _sum and _vjp, which the LAMMPS plugin runs as a fused C++
+    kernel (export/pair_style/channelwise_tp.cpp) and `import forcefield` defines in Python
+    (same numbers, plain torch). The file then loads only where they are registered. False:
+    a self-contained file that loads with torch alone (slower in LAMMPS)."""
     from e3nn.util.jit import script
 
     path = Path(path).expanduser()

@@ -1,9 +1,10 @@
 /* ----------------------------------------------------------------------
-   forcefield::channelwise_tp and forcefield::channelwise_tp_vjp: the message
-   tensor product of forcefield/model/fast_tp.py (ChannelwiseTP) as one fused
-   pass per edge, for CPU tensors.
+   forcefield::channelwise_tp, forcefield::channelwise_tp_sum and
+   forcefield::channelwise_tp_vjp: the message tensor product of
+   forcefield/model/fast_tp.py (ChannelwiseTP: the messages, their sum per
+   centre atom, the explicit VJP) as one fused pass per edge, for CPU tensors.
 
-   The Python package registers the same two operators with the pure-torch
+   The Python package registers the same operators with the pure-torch
    code of fast_tp.py as their implementation (the reference); an exported
    model calls them only in its first-order inference paths, so a model runs
    the same numbers in Python and in LAMMPS. Here, in the pair-style plugin,
@@ -147,29 +148,34 @@ bool use_avx2()
 
 template <typename scalar_t, int64_t MUL>
 void forward_kernel(const Shapes &s, const Pairs<scalar_t> &pr, const int64_t *poc, const scalar_t *x,
-                    const scalar_t *y, const scalar_t *w, scalar_t *out)
+                    const scalar_t *y, const scalar_t *w, scalar_t *out, const int64_t *out_rows)
 {
   const bool avx2 = use_avx2();
-  at::parallel_for(0, s.e, GRAIN, [&](int64_t begin, int64_t end) {
+  auto rows = [&](int64_t begin, int64_t end) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (avx2) return rows_avx2::forward_rows<scalar_t, MUL>(s, pr, poc, x, y, w, out, begin, end);
+    if (avx2) return rows_avx2::forward_rows<scalar_t, MUL>(s, pr, poc, x, y, w, out, out_rows, begin, end);
 #endif
     (void) avx2;
-    rows_any::forward_rows<scalar_t, MUL>(s, pr, poc, x, y, w, out, begin, end);
-  });
+    rows_any::forward_rows<scalar_t, MUL>(s, pr, poc, x, y, w, out, out_rows, begin, end);
+  };
+  if (out_rows)
+    rows(0, s.e);    // sums into shared rows: one thread
+  else
+    at::parallel_for(0, s.e, GRAIN, rows);
 }
 
 template <typename scalar_t, int64_t MUL>
 void vjp_kernel(const Shapes &s, const Pairs<scalar_t> &pr, const int64_t *poc, const scalar_t *x,
-                const scalar_t *y, const scalar_t *w, const scalar_t *g, scalar_t *gx, scalar_t *gy, scalar_t *gw)
+                const scalar_t *y, const scalar_t *w, const scalar_t *g, const int64_t *g_rows, scalar_t *gx,
+                scalar_t *gy, scalar_t *gw)
 {
   const bool avx2 = use_avx2();
   at::parallel_for(0, s.e, GRAIN, [&](int64_t begin, int64_t end) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    if (avx2) return rows_avx2::vjp_rows<scalar_t, MUL>(s, pr, poc, x, y, w, g, gx, gy, gw, begin, end);
+    if (avx2) return rows_avx2::vjp_rows<scalar_t, MUL>(s, pr, poc, x, y, w, g, g_rows, gx, gy, gw, begin, end);
 #endif
     (void) avx2;
-    rows_any::vjp_rows<scalar_t, MUL>(s, pr, poc, x, y, w, g, gx, gy, gw, begin, end);
+    rows_any::vjp_rows<scalar_t, MUL>(s, pr, poc, x, y, w, g, g_rows, gx, gy, gw, begin, end);
   });
 }
 
@@ -186,34 +192,71 @@ template <typename F> void with_mul(int64_t mul, F &&f)
   }
 }
 
-Tensor channelwise_tp_cpu(const Tensor &x_, const Tensor &y_, const Tensor &w_, const Tensor &cg,
-                          const Tensor &path_of_column)
+// rows of centre atoms: int64, one per edge, each in [0, num_rows)
+Tensor checked_rows(const Tensor &rows, int64_t e, int64_t num_rows, const char *what)
+{
+  TORCH_CHECK(rows.dim() == 1 && rows.size(0) == e && rows.device().is_cpu(), what, ": expected one row index per edge");
+  const Tensor r = rows.to(at::kLong).contiguous();
+  if (e > 0) {
+    const auto [lo, hi] = at::aminmax(r);
+    TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < num_rows, what, ": row index out of range");
+  }
+  return r;
+}
+
+// the messages (E, K*mul), or with `rows` their sums per row: (num_rows, K*mul)
+Tensor forward_cpu(const Tensor &x_, const Tensor &y_, const Tensor &w_, const Tensor &cg, const Tensor &path_of_column,
+                   const c10::optional<Tensor> &rows, int64_t num_rows)
 {
   const Shapes s = check(x_, y_, w_, cg, path_of_column);
   const Tensor x = x_.contiguous(), y = y_.contiguous(), w = w_.contiguous();
   const Tensor poc = path_of_column.to(at::kLong).contiguous();
-  Tensor out = at::empty({s.e, s.k * s.mul}, x.options());
+  Tensor r;
+  if (rows) {
+    TORCH_CHECK(num_rows >= 0, "channelwise_tp_sum: num_rows must be >= 0");
+    r = checked_rows(*rows, s.e, num_rows, "channelwise_tp_sum");
+    // several threads: the messages in parallel, then their sums (rows would race)
+    if (at::get_num_threads() > 1 && s.e > GRAIN)
+      return at::zeros({num_rows, s.k * s.mul}, x.options())
+          .index_add_(0, r, forward_cpu(x, y, w, cg, path_of_column, c10::nullopt, 0));
+  }
+  Tensor out = rows ? at::zeros({num_rows, s.k * s.mul}, x.options()) : at::empty({s.e, s.k * s.mul}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channelwise_tp", [&] {
     const Pairs<scalar_t> pr = pairs_of<scalar_t>(cg, s.k, s.d1);
     with_mul(s.mul, [&](auto m) {
       forward_kernel<scalar_t, decltype(m)::value>(s, pr, poc.data_ptr<int64_t>(), x.data_ptr<scalar_t>(),
                                                    y.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
-                                                   out.data_ptr<scalar_t>());
+                                                   out.data_ptr<scalar_t>(), rows ? r.data_ptr<int64_t>() : nullptr);
     });
   });
   return out;
 }
 
+Tensor channelwise_tp_cpu(const Tensor &x, const Tensor &y, const Tensor &w, const Tensor &cg,
+                          const Tensor &path_of_column)
+{
+  return forward_cpu(x, y, w, cg, path_of_column, c10::nullopt, 0);
+}
+
+Tensor channelwise_tp_sum_cpu(const Tensor &x, const Tensor &y, const Tensor &w, const Tensor &cg,
+                              const Tensor &path_of_column, const Tensor &rows, int64_t num_rows)
+{
+  return forward_cpu(x, y, w, cg, path_of_column, rows, num_rows);
+}
+
 std::tuple<Tensor, Tensor, Tensor> channelwise_tp_vjp_cpu(const Tensor &x_, const Tensor &y_, const Tensor &w_,
                                                           const Tensor &cg, const Tensor &path_of_column,
-                                                          const Tensor &g_out, bool need_x)
+                                                          const Tensor &g_out, bool need_x,
+                                                          const c10::optional<Tensor> &g_rows)
 {
   const Shapes s = check(x_, y_, w_, cg, path_of_column);
-  TORCH_CHECK(g_out.dim() == 2 && g_out.size(0) == s.e && g_out.size(1) == s.k * s.mul &&
+  TORCH_CHECK(g_out.dim() == 2 && (g_rows || g_out.size(0) == s.e) && g_out.size(1) == s.k * s.mul &&
                   g_out.scalar_type() == x_.scalar_type() && g_out.device().is_cpu(),
-              "channelwise_tp_vjp: g_out must be (E, K*mul) like the product's output");
+              "channelwise_tp_vjp: g_out must be (E, K*mul) like the product's output (or (rows, K*mul) with g_rows)");
   const Tensor x = x_.contiguous(), y = y_.contiguous(), w = w_.contiguous(), g = g_out.contiguous();
   const Tensor poc = path_of_column.to(at::kLong).contiguous();
+  Tensor r;
+  if (g_rows) r = checked_rows(*g_rows, s.e, g_out.size(0), "channelwise_tp_vjp");
   Tensor gx = need_x ? at::empty_like(x) : at::empty({0}, x.options());
   Tensor gy = at::empty_like(y), gw = at::empty_like(w);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channelwise_tp_vjp", [&] {
@@ -221,6 +264,7 @@ std::tuple<Tensor, Tensor, Tensor> channelwise_tp_vjp_cpu(const Tensor &x_, cons
     with_mul(s.mul, [&](auto m) {
       vjp_kernel<scalar_t, decltype(m)::value>(s, pr, poc.data_ptr<int64_t>(), x.data_ptr<scalar_t>(),
                                                y.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                               g_rows ? r.data_ptr<int64_t>() : nullptr,
                                                need_x ? gx.data_ptr<scalar_t>() : nullptr, gy.data_ptr<scalar_t>(),
                                                gw.data_ptr<scalar_t>());
     });
@@ -228,14 +272,16 @@ std::tuple<Tensor, Tensor, Tensor> channelwise_tp_vjp_cpu(const Tensor &x_, cons
   return {gx, gy, gw};
 }
 
-// autograd for channelwise_tp: first derivatives by the fused backward (no graph)
+// autograd for channelwise_tp and channelwise_tp_sum: first derivatives by the fused
+// backward (no graph); for the sum, the backward reads each edge's gradient from its row
 class ChannelwiseTPFunction : public torch::autograd::Function<ChannelwiseTPFunction> {
  public:
   static Tensor forward(torch::autograd::AutogradContext *ctx, const Tensor &x, const Tensor &y, const Tensor &w,
-                        const Tensor &cg, const Tensor &path_of_column)
+                        const Tensor &cg, const Tensor &path_of_column, const c10::optional<Tensor> &rows,
+                        int64_t num_rows)
   {
-    ctx->save_for_backward({x, y, w, cg, path_of_column});
-    return channelwise_tp_cpu(x, y, w, cg, path_of_column);
+    ctx->save_for_backward({x, y, w, cg, path_of_column, rows ? *rows : Tensor()});
+    return forward_cpu(x, y, w, cg, path_of_column, rows, num_rows);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
@@ -243,15 +289,23 @@ class ChannelwiseTPFunction : public torch::autograd::Function<ChannelwiseTPFunc
   {
     const auto saved = ctx->get_saved_variables();
     const bool need_x = ctx->needs_input_grad(0);    // false where only the edge vectors are wanted
-    auto [gx, gy, gw] = channelwise_tp_vjp_cpu(saved[0], saved[1], saved[2], saved[3], saved[4], grads[0], need_x);
-    return {need_x ? gx : Tensor(), gy, gw, Tensor(), Tensor()};
+    const c10::optional<Tensor> rows = saved[5].defined() ? c10::optional<Tensor>(saved[5]) : c10::nullopt;
+    auto [gx, gy, gw] =
+        channelwise_tp_vjp_cpu(saved[0], saved[1], saved[2], saved[3], saved[4], grads[0], need_x, rows);
+    return {need_x ? gx : Tensor(), gy, gw, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 Tensor channelwise_tp_autograd(const Tensor &x, const Tensor &y, const Tensor &w, const Tensor &cg,
                                const Tensor &path_of_column)
 {
-  return ChannelwiseTPFunction::apply(x, y, w, cg, path_of_column);
+  return ChannelwiseTPFunction::apply(x, y, w, cg, path_of_column, c10::nullopt, 0);
+}
+
+Tensor channelwise_tp_sum_autograd(const Tensor &x, const Tensor &y, const Tensor &w, const Tensor &cg,
+                                   const Tensor &path_of_column, const Tensor &rows, int64_t num_rows)
+{
+  return ChannelwiseTPFunction::apply(x, y, w, cg, path_of_column, c10::optional<Tensor>(rows), num_rows);
 }
 
 }    // namespace
@@ -259,17 +313,21 @@ Tensor channelwise_tp_autograd(const Tensor &x, const Tensor &y, const Tensor &w
 TORCH_LIBRARY(FORCEFIELD_OPS_NAMESPACE, m)
 {
   m.def("channelwise_tp(Tensor x, Tensor y, Tensor w, Tensor cg, Tensor path_of_column) -> Tensor");
+  m.def("channelwise_tp_sum(Tensor x, Tensor y, Tensor w, Tensor cg, Tensor path_of_column, Tensor rows, "
+        "int num_rows) -> Tensor");
   m.def("channelwise_tp_vjp(Tensor x, Tensor y, Tensor w, Tensor cg, Tensor path_of_column, Tensor g_out, "
-        "bool need_x) -> (Tensor, Tensor, Tensor)");
+        "bool need_x, Tensor? g_rows=None) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(FORCEFIELD_OPS_NAMESPACE, CPU, m)
 {
   m.impl("channelwise_tp", &channelwise_tp_cpu);
+  m.impl("channelwise_tp_sum", &channelwise_tp_sum_cpu);
   m.impl("channelwise_tp_vjp", &channelwise_tp_vjp_cpu);
 }
 
 TORCH_LIBRARY_IMPL(FORCEFIELD_OPS_NAMESPACE, Autograd, m)
 {
   m.impl("channelwise_tp", &channelwise_tp_autograd);
+  m.impl("channelwise_tp_sum", &channelwise_tp_sum_autograd);
 }

@@ -35,7 +35,7 @@ TorchScript). No parameters; the constants are non-persistent buffers, so state 
 unchanged.
 """
 
-from typing import Final, List, Tuple
+from typing import Final, List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -48,7 +48,7 @@ class ChannelwiseTP(nn.Module):
     to_e3nn_layout(forward(to_component_major(x1), x2, weights)) == tp(x1, x2, weights).
 
     fused_ops (a TorchScript constant, False unless export_model sets it): the calls with
-    fused=True go through the operators forcefield::channelwise_tp(_vjp). False leaves them
+    fused=True go through the operators forcefield::channelwise_tp(_sum, _vjp). False leaves them
     out of the scripted code, so the module scripts and loads with torch alone."""
 
     fused_ops: Final[bool]
@@ -127,6 +127,17 @@ class ChannelwiseTP(nn.Module):
             return torch.ops.forcefield.channelwise_tp(x, y, w, self.cg, self.path_of_column)
         return channelwise_tp(x, y, w, self.cg, self.path_of_column)
 
+    def summed(
+        self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, rows: torch.Tensor, num_rows: int, fused: bool = False
+    ) -> torch.Tensor:
+        """The messages forward(x, y, w) summed per row: (num_rows, K * mul), edge e's into row
+        rows[e] (its centre atom). fused (with fused_ops): through the operator
+        forcefield::channelwise_tp_sum, which never writes the per-edge messages (CPU tensors;
+        first derivatives only)."""
+        if self.fused_ops and fused and x.device.type == "cpu":
+            return torch.ops.forcefield.channelwise_tp_sum(x, y, w, self.cg, self.path_of_column, rows, num_rows)
+        return channelwise_tp_sum(x, y, w, self.cg, self.path_of_column, rows, num_rows)
+
     @torch.jit.export
     def vjp(
         self,
@@ -136,13 +147,16 @@ class ChannelwiseTP(nn.Module):
         g_out: torch.Tensor,
         need_x: bool = True,
         fused: bool = False,
+        g_rows: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(g_x, g_y, g_w): the gradients of sum(g_out * forward(x, y, w)), computed without a
-        graph (the inputs are taken as values). g_x is an empty tensor unless need_x. fused
-        (with fused_ops): through the operator forcefield::channelwise_tp_vjp (CPU tensors)."""
+        graph (the inputs are taken as values). g_x is an empty tensor unless need_x. g_rows:
+        g_out holds rows, edge e's gradient is row g_rows[e] (that of a sum per centre atom).
+        fused (with fused_ops): through the operator forcefield::channelwise_tp_vjp (CPU
+        tensors), which reads those rows in place."""
         if self.fused_ops and fused and x.device.type == "cpu":
-            return torch.ops.forcefield.channelwise_tp_vjp(x, y, w, self.cg, self.path_of_column, g_out, need_x)
-        return channelwise_tp_vjp(x, y, w, self.cg, self.path_of_column, g_out, need_x)
+            return torch.ops.forcefield.channelwise_tp_vjp(x, y, w, self.cg, self.path_of_column, g_out, need_x, g_rows)
+        return channelwise_tp_vjp(x, y, w, self.cg, self.path_of_column, g_out, need_x, g_rows)
 
 
 def _parts(
@@ -175,6 +189,22 @@ def channelwise_tp(
     return out.view(x.shape[0], prod.shape[1] * prod.shape[2])
 
 
+def channelwise_tp_sum(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    cg: torch.Tensor,
+    path_of_column: torch.Tensor,
+    rows: torch.Tensor,
+    num_rows: int,
+) -> torch.Tensor:
+    """ChannelwiseTP.summed in plain torch; also the Python implementation of the operator
+    forcefield::channelwise_tp_sum."""
+    messages = channelwise_tp(x, y, w, cg, path_of_column)
+    out = torch.zeros((num_rows, messages.shape[1]), dtype=messages.dtype, device=messages.device)
+    return out.index_add(0, rows, messages)
+
+
 def channelwise_tp_vjp(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -183,9 +213,12 @@ def channelwise_tp_vjp(
     path_of_column: torch.Tensor,
     g_out: torch.Tensor,
     need_x: bool,
+    g_rows: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ChannelwiseTP.vjp in plain torch; also the Python implementation of the operator
     forcefield::channelwise_tp_vjp."""
+    if g_rows is not None:
+        g_out = g_out.index_select(0, g_rows)
     e = x.shape[0]
     z, prod, wide = _parts(x, y, w, cg, path_of_column)
     k, d1, mul = z.shape[1], z.shape[2], prod.shape[2]
@@ -212,17 +245,22 @@ def channelwise_tp_vjp(
     return g_x, g_y, g_w
 
 
-# The two operators an exported model calls where it runs on CPU without create_graph
+# The operators an exported model calls where it runs on CPU without create_graph
 # (ForceField's first-order and inference paths). Here their implementation is the plain
 # torch code above, composite (autograd goes through its operations), so a model gives the
 # same numbers eagerly, scripted and exported; the LAMMPS plugin registers the same schemas
 # with a fused C++ kernel (export/pair_style/channelwise_tp.cpp). Defined once per process.
-FUSED_OPERATORS = ("forcefield::channelwise_tp", "forcefield::channelwise_tp_vjp")
+FUSED_OPERATORS = ("forcefield::channelwise_tp", "forcefield::channelwise_tp_sum", "forcefield::channelwise_tp_vjp")
 _OPERATORS = torch.library.Library("forcefield", "DEF")
 _OPERATORS.define("channelwise_tp(Tensor x, Tensor y, Tensor w, Tensor cg, Tensor path_of_column) -> Tensor")
 _OPERATORS.define(
+    "channelwise_tp_sum(Tensor x, Tensor y, Tensor w, Tensor cg, Tensor path_of_column, Tensor rows, "
+    "int num_rows) -> Tensor"
+)
+_OPERATORS.define(
     "channelwise_tp_vjp(Tensor x, Tensor y, Tensor w, Tensor cg, Tensor path_of_column, Tensor g_out, "
-    "bool need_x) -> (Tensor, Tensor, Tensor)"
+    "bool need_x, Tensor? g_rows=None) -> (Tensor, Tensor, Tensor)"
 )
 _OPERATORS.impl("channelwise_tp", channelwise_tp, "CompositeImplicitAutograd")
+_OPERATORS.impl("channelwise_tp_sum", channelwise_tp_sum, "CompositeImplicitAutograd")
 _OPERATORS.impl("channelwise_tp_vjp", channelwise_tp_vjp, "CompositeImplicitAutograd")

@@ -432,12 +432,7 @@ class ForceField(nn.Module):
                             b = a + piece
                             w = w_distinct.index_select(0, inverse[a:b])
                             g_xj, g_sh[a:b], g_w = block.tp_fast.vjp(
-                                xd.index_select(0, nbr[a:b]),
-                                sh_d[a:b],
-                                w,
-                                g_agg.index_select(0, centre[a:b]),
-                                k > 0,
-                                True,
+                                xd.index_select(0, nbr[a:b]), sh_d[a:b], w, g_agg, k > 0, True, centre[a:b]
                             )
                             if k > 0:
                                 g_x.index_add_(0, nbr[a:b], g_xj)

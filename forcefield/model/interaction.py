@@ -178,7 +178,5 @@ class Interaction(nn.Module):
         e3nn's). fused: the message product by its operator (ChannelwiseTP.forward; first
         derivatives only)."""
         x = self.node_inputs(h).index_select(0, edge_index[1])
-        messages = self.tp_fast(x, edge_sh, weights, fused)
-        agg = torch.zeros((h.shape[0], messages.shape[1]), dtype=messages.dtype, device=messages.device)
-        agg = agg.index_add(0, edge_index[0], messages) * self.inv_avg_num_neighbors
+        agg = self.tp_fast.summed(x, edge_sh, weights, edge_index[0], h.shape[0], fused) * self.inv_avg_num_neighbors
         return self.update(agg, h, species)

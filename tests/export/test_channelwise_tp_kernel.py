@@ -1,5 +1,5 @@
 """The LAMMPS plugin's fused message-product kernel (export/pair_style/channelwise_tp.cpp),
-built as a library of its own (operators forcefield_native::channelwise_tp and _vjp), against
+built as a library of its own (operators forcefield_native::channelwise_tp, _sum, _vjp), against
 the Python implementation (forcefield::channelwise_tp, forcefield/model/fast_tp.py) and
 e3nn's TensorProduct: values, the explicit VJP and autograd through the operator to 1e-12 in
 float64, float32, gradients by finite differences (gradcheck), equivariance, TorchScript, both
@@ -16,7 +16,7 @@ import pytest
 import torch
 from e3nn import o3
 
-from forcefield.model.fast_tp import ChannelwiseTP, channelwise_tp, channelwise_tp_vjp
+from forcefield.model.fast_tp import ChannelwiseTP, channelwise_tp, channelwise_tp_sum, channelwise_tp_vjp
 from forcefield.model.interaction import _tp_paths
 
 F64 = torch.float64
@@ -103,6 +103,17 @@ def test_kernel_matches_python_float64(native, case, kernel_isa):
         assert a.shape == b.shape and rel(a, b) < 1e-12
     assert got_no_x[0].numel() == 0
     assert rel(got_no_x[1], ref_vjp[1]) < 1e-12 and rel(got_no_x[2], ref_vjp[2]) < 1e-12
+    # summed per row (rows in any order, one row unused), and the VJP reading rows in place
+    rows = torch.randint(0, 6, (x.shape[0],), generator=torch.Generator().manual_seed(1))
+    with isa(kernel_isa):
+        summed = native.channelwise_tp_sum(x, y, w, fast.cg, fast.path_of_column, rows, 7)
+        g_rows = torch.randn(7, g.shape[1], dtype=F64)
+        got_rows = native.channelwise_tp_vjp(x, y, w, fast.cg, fast.path_of_column, g_rows, True, rows)
+    assert rel(summed, channelwise_tp_sum(x, y, w, fast.cg, fast.path_of_column, rows, 7)) < 1e-12
+    assert summed[6].abs().max() == 0
+    ref_rows = channelwise_tp_vjp(x, y, w, fast.cg, fast.path_of_column, g_rows.index_select(0, rows), True)
+    for a, b in zip(got_rows, ref_rows):
+        assert rel(a, b) < 1e-12
     # against e3nn itself (the reference of the whole chain)
     x_e3nn = torch.empty_like(x)
     x_e3nn[:, fast.in_perm] = x
@@ -121,7 +132,26 @@ def test_autograd_through_the_kernel(native, case):
         grads.append(torch.autograd.grad(out, [xs, ys, ws], g))
     for a, b in zip(*grads):
         assert rel(a, b) < 1e-12
+    # the sum per row, on one and on two threads (with more edges than one task of the
+    # kernel's parallel loop there: messages first, then their sums)
+    x, y, w, _ = _inputs(fast, tp, n=300)
+    rows = torch.randint(0, 5, (x.shape[0],), generator=torch.Generator().manual_seed(2))
+    g_rows = torch.randn(5, g.shape[1], dtype=F64)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            summed = []
+            for f in (native.channelwise_tp_sum, channelwise_tp_sum):
+                xs, ys, ws = (t.clone().requires_grad_(True) for t in (x, y, w))
+                out = f(xs, ys, ws, fast.cg, fast.path_of_column, rows, 5)
+                summed.append(torch.autograd.grad(out, [xs, ys, ws], g_rows))
+            for a, b in zip(*summed):
+                assert rel(a, b) < 1e-12
+    finally:
+        torch.set_num_threads(before)
     # only some inputs wanting gradients (x does not: no g_x computed, none returned)
+    x, y, w, g = _inputs(fast, tp)
     ys, ws = y.clone().requires_grad_(True), w.clone().requires_grad_(True)
     gy, gw = torch.autograd.grad(native.channelwise_tp(x, ys, ws, fast.cg, fast.path_of_column), [ys, ws], g)
     assert rel(gy, grads[1][1]) < 1e-12 and rel(gw, grads[1][2]) < 1e-12
@@ -221,6 +251,13 @@ def test_bad_shapes_are_refused(native):
         native.channelwise_tp(x.float(), y, w, fast.cg, fast.path_of_column)
     with pytest.raises(RuntimeError, match="g_out must be"):
         native.channelwise_tp_vjp(x, y, w, fast.cg, fast.path_of_column, g[:, :-1], True)
+    rows = torch.zeros(x.shape[0], dtype=torch.long)
+    with pytest.raises(RuntimeError, match="row index out of range"):
+        native.channelwise_tp_sum(x, y, w, fast.cg, fast.path_of_column, rows + 3, 3)
+    with pytest.raises(RuntimeError, match="one row index per edge"):
+        native.channelwise_tp_sum(x, y, w, fast.cg, fast.path_of_column, rows[:-1], 3)
+    with pytest.raises(RuntimeError, match="row index out of range"):
+        native.channelwise_tp_vjp(x, y, w, fast.cg, fast.path_of_column, g[:2], True, rows + 2)
     bad = fast.path_of_column.clone()
     bad[0] = fast.n_paths
     with pytest.raises(RuntimeError, match="path_of_column out of range"):
