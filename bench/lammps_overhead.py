@@ -3,7 +3,8 @@
     .venv/bin/python bench/lammps_overhead.py --sizes 1000 8000
 
 For each size: a random Cu-Au FCC alloy (periodic, 300 K), one MPI rank, one thread, a
-float32 model (channels 32, lmax 2, 2 layers, r_max 5 A, random weights).
+float32 model (channels 32, lmax 2, 2 layers, r_max 5 A, random weights), exported
+portable (`fused_ops=False`), so that LAMMPS and Python run the same operations.
 
 LAMMPS runs inside this Python process (the `lammps` module, the plugin loaded with
 `plugin load`), so that both measurements share the process, the allocator and the
@@ -486,8 +487,17 @@ def main(argv=None) -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="ff-lammps-bench-") as tmp:
         work = Path(tmp)
+        # portable: the same torch code in LAMMPS and in Python (a default export runs the
+        # plugin's fused kernel in LAMMPS but plain torch in Python: no longer the same model)
         model_path = make_export(
-            work / "model.pt", args.dtype, args.channels, args.lmax, args.num_layers, args.r_max, args.seed
+            work / "model.pt",
+            args.dtype,
+            args.channels,
+            args.lmax,
+            args.num_layers,
+            args.r_max,
+            args.seed,
+            fused_ops=False,
         )
         _, meta = load_exported(model_path)
         rows = []
