@@ -310,6 +310,13 @@ Tensor channelwise_tp_sum_autograd(const Tensor &x, const Tensor &y, const Tenso
 
 }    // namespace
 
+// Called by the pair style: links this file (and so the registrations below) into static
+// LAMMPS builds, whose linker drops object files that nothing refers to.
+bool forcefield_channelwise_tp_linked()
+{
+  return true;
+}
+
 TORCH_LIBRARY(FORCEFIELD_OPS_NAMESPACE, m)
 {
   m.def("channelwise_tp(Tensor x, Tensor y, Tensor w, Tensor cg, Tensor path_of_column) -> Tensor");

@@ -66,6 +66,9 @@
 
 using namespace LAMMPS_NS;
 
+// channelwise_tp.cpp: the fused message-product operators this pair style registers
+bool forcefield_channelwise_tp_linked();
+
 namespace LAMMPS_NS {
 
 struct ForcefieldTorchState {
@@ -298,6 +301,8 @@ void PairForcefield::select_device(const std::string &choice)
 
 void PairForcefield::load_model(const std::string &path)
 {
+  if (!forcefield_channelwise_tp_linked())
+    error->all(FLERR, "pair_style forcefield: the fused operators (channelwise_tp.cpp) are missing from this build");
   {
     std::ifstream probe(path, std::ios::binary);
     if (!probe.good())
