@@ -92,6 +92,11 @@ def make_export(
     return export_model(model, path, dtype=dtype, fused_ops=fused_ops)
 
 
+def export_for(path: Path, args: argparse.Namespace, **options) -> Path:
+    """make_export with the model options of add_model_args (and `options`)."""
+    return make_export(path, args.dtype, args.channels, args.lmax, args.num_layers, args.r_max, args.seed, **options)
+
+
 def fcc_alloy(n_atoms: int, a: float = 3.75, au_fraction: float = 0.3, seed: int = 0):
     """A near-cubic supercell of conventional FCC cells with about n_atoms atoms."""
     from ase.build import bulk
@@ -489,16 +494,7 @@ def main(argv=None) -> None:
         work = Path(tmp)
         # portable: the same torch code in LAMMPS and in Python (a default export runs the
         # plugin's fused kernel in LAMMPS but plain torch in Python: no longer the same model)
-        model_path = make_export(
-            work / "model.pt",
-            args.dtype,
-            args.channels,
-            args.lmax,
-            args.num_layers,
-            args.r_max,
-            args.seed,
-            fused_ops=False,
-        )
+        model_path = export_for(work / "model.pt", args, fused_ops=False)
         _, meta = load_exported(model_path)
         rows = []
         for size in args.sizes:

@@ -48,7 +48,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lammps_overhead import add_model_args, fcc_alloy, lammps_deck, make_export, parse_last_run, run_lammps, write_data  # noqa: E402
+from lammps_overhead import add_model_args, export_for, fcc_alloy, lammps_deck, parse_last_run, run_lammps, write_data  # noqa: E402
 
 
 def default_steps(n: int) -> int:
@@ -227,42 +227,15 @@ def main(argv=None) -> None:
         rows = json.loads(args.output.read_text()).get("rows", [])
     with tempfile.TemporaryDirectory(prefix="ff-lammps-scaling-") as tmp:
         work = Path(tmp)
-        contenders = {
-            "ours": {
-                "plugin": plugin,
-                "model": make_export(
-                    work / "ours.pt", args.dtype, args.channels, args.lmax, args.num_layers, args.r_max, args.seed
-                ),
-            }
-        }
+        variants = {"ours": {}}  # this checkout's exports: name -> make_export options
         if args.correlation_1:
-            contenders["ours-corr1"] = {
-                "plugin": plugin,
-                "model": make_export(
-                    work / "ours1.pt",
-                    args.dtype,
-                    args.channels,
-                    args.lmax,
-                    args.num_layers,
-                    args.r_max,
-                    args.seed,
-                    correlation=1,
-                ),
-            }
+            variants["ours-corr1"] = {"correlation": 1}
         if args.portable:
-            contenders["ours-portable"] = {
-                "plugin": plugin,
-                "model": make_export(
-                    work / "ours_portable.pt",
-                    args.dtype,
-                    args.channels,
-                    args.lmax,
-                    args.num_layers,
-                    args.r_max,
-                    args.seed,
-                    fused_ops=False,
-                ),
-            }
+            variants["ours-portable"] = {"fused_ops": False}
+        contenders = {
+            name: {"plugin": plugin, "model": export_for(work / f"{name}.pt", args, **options)}
+            for name, options in variants.items()
+        }
         if args.baseline:
             contenders["baseline"] = prepare_baseline(args.baseline, work, args)
             print(f"baseline: {contenders['baseline']['commit']}", flush=True)

@@ -10,6 +10,7 @@ model that ignores geometry) cannot pass a test vacuously.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -36,6 +37,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@contextmanager
+def float64_default():
+    """torch's default dtype float64 inside (e3nn builds its constants, e.g. Wigner 3j
+    symbols and rotation matrices, in the default dtype)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 R_MAX = 5.0

@@ -4,12 +4,10 @@ block of the model built with it."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pytest
 import torch
 from e3nn import o3
-from model_utils import make_model, one_thread  # noqa: F401
+from model_utils import float64_default, make_model, one_thread  # noqa: F401
 
 from forcefield.model.fast_tp import ChannelwiseTP
 from forcefield.model.interaction import _tp_paths
@@ -35,16 +33,6 @@ def _pair(irreps_in: str, lmax: int, target: str, dtype=F64):
     with float64_default():
         tp = o3.TensorProduct(irreps_in, sh, mid, ins, shared_weights=False, internal_weights=False).to(dtype)
     return tp, ChannelwiseTP(tp).to(dtype)
-
-
-@contextmanager
-def float64_default():
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(F64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
 
 
 def _messages(fast, x, y, w):
