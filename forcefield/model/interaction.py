@@ -175,7 +175,7 @@ class Interaction(nn.Module):
     ) -> torch.Tensor:
         """forward() with the radial MLP's output `weights` (E, paths * mul) given. The
         messages are component-major (ChannelwiseTP's layout; `update` takes their sum to
-        e3nn's). fused: the message product by its operator (ChannelwiseTP.forward; first
+        e3nn's). fused: the messages and their sum by an operator (ChannelwiseTP.summed; first
         derivatives only)."""
         x = self.node_inputs(h).index_select(0, edge_index[1])
         agg = self.tp_fast.summed(x, edge_sh, weights, edge_index[0], h.shape[0], fused) * self.inv_avg_num_neighbors
