@@ -175,6 +175,33 @@ def test_calculator_from_checkpoint_and_export(work, exported):
     np.testing.assert_allclose(atoms.get_forces(), f_ref, rtol=1e-9, atol=1e-12)
 
 
+def test_portable_export_loads_with_torch_alone(work, exported):
+    """`export --portable` leaves forcefield's operators out: the file loads in a process
+    that imports torch only; the default export calls them (metadata lists them) and so
+    needs `import forcefield` there. Both give the same numbers in Python."""
+    portable = work["dir"] / "portable.pt"
+    ok(invoke("export", work["run"] / "best.ckpt", "-o", portable, "--portable"))
+    from forcefield.export.torchscript import load_exported
+    from forcefield.model.fast_tp import FUSED_OPERATORS
+
+    assert load_exported(portable)[1]["operators"] == []
+    assert load_exported(exported)[1]["operators"] == list(FUSED_OPERATORS)
+    probe = "import sys, torch; torch.jit.load(sys.argv[1]); assert 'forcefield' not in sys.modules"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run([sys.executable, "-c", probe, str(portable)], env=env).returncode == 0
+    failed = subprocess.run([sys.executable, "-c", probe, str(exported)], env=env, capture_output=True, text=True)
+    assert failed.returncode != 0 and "forcefield::channelwise_tp" in failed.stderr
+    atoms = ase.io.read(work["dir"] / "test.xyz", index="0")
+    from forcefield import ForceFieldCalculator
+
+    results = []
+    for path in (exported, portable):
+        atoms.calc = ForceFieldCalculator(path)
+        results.append((atoms.get_potential_energy(), atoms.get_forces().copy()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-12)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=0, atol=1e-12)
+
+
 # ----------------------------------------------------------------- user errors
 
 
