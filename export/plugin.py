@@ -207,7 +207,7 @@ def build_plugin(output_dir: Optional[Path] = None, force: bool = False) -> Path
 
 def build_native_ops(output_dir: Optional[Path] = None, force: bool = False) -> Path:
     """Build (or reuse) the plugin's fused operators as a library of their own,
-    registered as ``forcefield_native::channelwise_tp`` and ``..._vjp`` (so they sit
+    registered as ``forcefield_native::channelwise_tp``, ``..._sum`` and ``..._vjp`` (so they sit
     beside Python's ``forcefield::`` ones): load it with ``torch.ops.load_library``.
     Cached in a ``native/`` folder next to the plugin's (not in the plugin's folder:
     LAMMPS would take every .so there for a plugin)."""

@@ -84,6 +84,7 @@ template <typename scalar_t> Pairs<scalar_t> pairs_of(const Tensor &cg, int64_t 
 
 struct Shapes {
   int64_t e, k, d1, mul, n_paths, dim_y;
+  Tensor poc;    // path_of_column as contiguous int64, checked
 };
 
 Shapes check(const Tensor &x, const Tensor &y, const Tensor &w, const Tensor &cg, const Tensor &path_of_column)
@@ -108,8 +109,8 @@ Shapes check(const Tensor &x, const Tensor &y, const Tensor &w, const Tensor &cg
   s.n_paths = w.size(1) / s.mul;
   TORCH_CHECK(y.size(0) == s.e && w.size(0) == s.e && y.size(1) == s.dim_y,
               "channelwise_tp: x, y and w must have one row per edge, y dim_y columns");
-  const Tensor poc = path_of_column.to(at::kLong).contiguous();
-  const int64_t *p = poc.data_ptr<int64_t>();
+  s.poc = path_of_column.to(at::kLong).contiguous();
+  const int64_t *p = s.poc.data_ptr<int64_t>();
   for (int64_t c = 0; c < s.k; ++c)
     TORCH_CHECK(p[c] >= 0 && p[c] < s.n_paths, "channelwise_tp: path_of_column out of range");
   return s;
@@ -210,7 +211,6 @@ Tensor forward_cpu(const Tensor &x_, const Tensor &y_, const Tensor &w_, const T
 {
   const Shapes s = check(x_, y_, w_, cg, path_of_column);
   const Tensor x = x_.contiguous(), y = y_.contiguous(), w = w_.contiguous();
-  const Tensor poc = path_of_column.to(at::kLong).contiguous();
   Tensor r;
   if (rows) {
     TORCH_CHECK(num_rows >= 0, "channelwise_tp_sum: num_rows must be >= 0");
@@ -224,7 +224,7 @@ Tensor forward_cpu(const Tensor &x_, const Tensor &y_, const Tensor &w_, const T
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channelwise_tp", [&] {
     const Pairs<scalar_t> pr = pairs_of<scalar_t>(cg, s.k, s.d1);
     with_mul(s.mul, [&](auto m) {
-      forward_kernel<scalar_t, decltype(m)::value>(s, pr, poc.data_ptr<int64_t>(), x.data_ptr<scalar_t>(),
+      forward_kernel<scalar_t, decltype(m)::value>(s, pr, s.poc.data_ptr<int64_t>(), x.data_ptr<scalar_t>(),
                                                    y.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
                                                    out.data_ptr<scalar_t>(), rows ? r.data_ptr<int64_t>() : nullptr);
     });
@@ -254,7 +254,6 @@ std::tuple<Tensor, Tensor, Tensor> channelwise_tp_vjp_cpu(const Tensor &x_, cons
                   g_out.scalar_type() == x_.scalar_type() && g_out.device().is_cpu(),
               "channelwise_tp_vjp: g_out must be (E, K*mul) like the product's output (or (rows, K*mul) with g_rows)");
   const Tensor x = x_.contiguous(), y = y_.contiguous(), w = w_.contiguous(), g = g_out.contiguous();
-  const Tensor poc = path_of_column.to(at::kLong).contiguous();
   Tensor r;
   if (g_rows) r = checked_rows(*g_rows, s.e, g_out.size(0), "channelwise_tp_vjp");
   Tensor gx = need_x ? at::empty_like(x) : at::empty({0}, x.options());
@@ -262,7 +261,7 @@ std::tuple<Tensor, Tensor, Tensor> channelwise_tp_vjp_cpu(const Tensor &x_, cons
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channelwise_tp_vjp", [&] {
     const Pairs<scalar_t> pr = pairs_of<scalar_t>(cg, s.k, s.d1);
     with_mul(s.mul, [&](auto m) {
-      vjp_kernel<scalar_t, decltype(m)::value>(s, pr, poc.data_ptr<int64_t>(), x.data_ptr<scalar_t>(),
+      vjp_kernel<scalar_t, decltype(m)::value>(s, pr, s.poc.data_ptr<int64_t>(), x.data_ptr<scalar_t>(),
                                                y.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
                                                g_rows ? r.data_ptr<int64_t>() : nullptr,
                                                need_x ? gx.data_ptr<scalar_t>() : nullptr, gy.data_ptr<scalar_t>(),

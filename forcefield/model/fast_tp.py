@@ -95,6 +95,8 @@ class ChannelwiseTP(nn.Module):
         # float64 here; the model's .to(dtype) casts them (computing them in float32 and casting
         # up would cost a float64 model its last 8 digits)
         self.register_buffer("cg", cg.reshape(cg.shape[0], -1), persistent=False)  # (j, (c, i))
+        # the same constants with (c, i) swapped, for the backward's g_y (see _vjp)
+        self.register_buffer("cg_ic", cg.transpose(1, 2).reshape(cg.shape[0], -1).contiguous(), persistent=False)
         self.register_buffer("path_of_column", torch.tensor(path_of_column, dtype=torch.long), persistent=False)
         # component-major column i * mul + u <- e3nn column (slot start + u * d1 + a)
         in_perm = [0] * tp.irreps_in1.dim
@@ -156,7 +158,7 @@ class ChannelwiseTP(nn.Module):
         tensors), which reads those rows in place."""
         if self.fused_ops and fused and x.device.type == "cpu":
             return torch.ops.forcefield.channelwise_tp_vjp(x, y, w, self.cg, self.path_of_column, g_out, need_x, g_rows)
-        return channelwise_tp_vjp(x, y, w, self.cg, self.path_of_column, g_out, need_x, g_rows)
+        return _vjp(x, y, w, self.cg, self.cg_ic, self.path_of_column, g_out, need_x, g_rows)
 
 
 def _parts(
@@ -216,7 +218,25 @@ def channelwise_tp_vjp(
     g_rows: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ChannelwiseTP.vjp in plain torch; also the Python implementation of the operator
-    forcefield::channelwise_tp_vjp."""
+    forcefield::channelwise_tp_vjp (which gets no cg_ic buffer: it is derived here)."""
+    k = path_of_column.shape[0]
+    d1 = cg.shape[1] // k
+    cg_ic = cg.view(cg.shape[0], k, d1).transpose(1, 2).reshape(cg.shape[0], d1 * k)
+    return _vjp(x, y, w, cg, cg_ic, path_of_column, g_out, need_x, g_rows)
+
+
+def _vjp(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor,
+    cg: torch.Tensor,
+    cg_ic: torch.Tensor,
+    path_of_column: torch.Tensor,
+    g_out: torch.Tensor,
+    need_x: bool,
+    g_rows: Optional[torch.Tensor],
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """channelwise_tp_vjp with cg_ic (cg with its (c, i) columns swapped to (i, c)) given."""
     if g_rows is not None:
         g_out = g_out.index_select(0, g_rows)
     e = x.shape[0]
@@ -234,7 +254,6 @@ def channelwise_tp_vjp(
         g_zt = torch.bmm(x3, g_prod.transpose(1, 2))  # (E, D1, K)
     # (dim_y, D1*K) @ (D1*K, E), transposed: BLAS does this ~4x faster than the same
     # product as (E, D1*K) @ (D1*K, dim_y), whose output has only 9 columns
-    cg_ic = cg.view(cg.shape[0], k, d1).transpose(1, 2).reshape(cg.shape[0], d1 * k)
     g_y = (cg_ic @ g_zt.reshape(e, d1 * k).t()).t()
     if not need_x:
         return torch.empty(0, dtype=x.dtype, device=x.device), g_y, g_w
