@@ -1,7 +1,9 @@
 """The `forcefield` command line: a thin typer layer over library functions.
 
-User errors (InputError, bad config, missing files) print one line to stderr and exit 2,
-without a traceback.
+User errors print one line to stderr and exit 2, without a traceback: the project's own
+`forcefield.errors.InputError` (bad config keys, data files, elements, checkpoints),
+`PluginBuildError` (building the LAMMPS plugin) and `OSError` (a file that cannot be read or
+written, with the file and the reason). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def _root(
 
 
 def user_errors(fn):
-    """Turn user-input errors into one line on stderr and exit code 2."""
+    """Turn user-input errors (InputError, PluginBuildError, OSError) into one line on stderr
+    and exit code 2. Anything else, a ValueError included, propagates with its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -50,7 +53,7 @@ def user_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (InputError, ValueError, FileNotFoundError, PluginBuildError) as exc:
+        except (InputError, PluginBuildError) as exc:
             msg = " ".join(str(exc).split())
             typer.echo(f"error: {msg}", err=True)
             raise typer.Exit(2) from None

@@ -7,6 +7,8 @@ from typing import List, Literal, Optional
 from ase.data import atomic_numbers
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from forcefield.errors import InputError
+
 
 class SwitchConfig(BaseModel):
     """Smooth-min isolation switch (docs/design.md, section "Isolation switch").
@@ -73,7 +75,7 @@ class ModelConfig(BaseModel):
 
 
 def parse_model_config(cfg: dict | ModelConfig) -> ModelConfig:
-    """Validate a `model` section; pydantic errors become one-line ValueErrors naming the key."""
+    """Validate a `model` section; pydantic errors become one-line InputErrors naming the key."""
     if isinstance(cfg, ModelConfig):
         return cfg
     from pydantic import ValidationError
@@ -81,7 +83,7 @@ def parse_model_config(cfg: dict | ModelConfig) -> ModelConfig:
     try:
         return ModelConfig.model_validate(cfg)
     except ValidationError as exc:
-        raise ValueError(format_validation_error(exc, prefix="model")) from None
+        raise InputError(format_validation_error(exc, prefix="model")) from None
 
 
 def format_validation_error(exc, prefix: str = "") -> str:

@@ -435,3 +435,40 @@ def test_foreign_pt_file_is_one_line_without_warning(work, tmp_path):
                 ForceFieldCalculator(path)
         assert not [w for w in caught if issubclass(w.category, UserWarning)], [str(w.message) for w in caught]
     assert not (tmp_path / "out.pt").exists()
+
+
+# ----------------------------------------------------------------- 11. bugs keep their traceback
+
+
+@pytest.mark.parametrize("bug", [ValueError("internal bug"), KeyError("internal bug"), RuntimeError("internal bug")])
+def test_an_internal_bug_is_not_a_user_error(tmp_path, monkeypatch, bug):
+    """Only InputError, PluginBuildError and OSError are user errors; a ValueError from a bug
+    (here: raised inside export_model) propagates with its traceback instead of becoming a
+    one-line `error:` with exit code 2."""
+    import forcefield.export.torchscript as torchscript
+
+    def broken(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr(torchscript, "export_model", broken)
+    result = invoke("export", tmp_path / "any.ckpt", "-o", tmp_path / "m.pt")
+    assert result.exit_code not in (0, 2), (result.exit_code, result.output)
+    assert result.exception is bug
+    assert "error:" not in result.stderr
+
+
+def test_user_errors_are_still_one_line(tmp_path, monkeypatch):
+    import forcefield.export.torchscript as torchscript
+    from forcefield.export.plugin import PluginBuildError
+
+    for exc, needle in (
+        (InputError("x.ckpt: not a forcefield checkpoint"), "x.ckpt: not a forcefield checkpoint"),
+        (PluginBuildError("cmake not found"), "cmake not found"),
+        (PermissionError(13, "Permission denied", "/ro/m.pt"), "/ro/m.pt: Permission denied"),
+    ):
+
+        def raising(*args, exc=exc, **kwargs):
+            raise exc
+
+        monkeypatch.setattr(torchscript, "export_model", raising)
+        user_error(invoke("export", tmp_path / "any.ckpt", "-o", tmp_path / "m.pt"), needle)
