@@ -19,9 +19,10 @@ from e3nn import o3
 from pydantic import ValidationError
 from torch import nn
 
+from forcefield.errors import InputError
 from forcefield.model.config import ModelConfig, format_validation_error, parse_model_config
 from forcefield.model.interaction import Interaction
-from forcefield.model.normalization import Normalization, default_normalization
+from forcefield.model.normalization import Normalization, default_normalization, move_legacy_model_keys
 from forcefield.model.radial import BesselBasis, PolynomialEnvelope, edge_lengths
 from forcefield.model.switch import IsolationSwitch
 
@@ -132,14 +133,25 @@ class ForceField(nn.Module):
     @classmethod
     def from_config(cls, config: dict | ModelConfig, normalization: dict | Normalization | None = None) -> "ForceField":
         """Build a model from the `model` config section (missing keys: defaults) and a
-        normalisation: a Normalization, or a dict of given values (NormalizationConfig keys;
-        the rest default), or None (all defaults: an untrained model)."""
+        normalisation: a Normalization, or a dict of given values (NormalizationConfig keys
+        e0, shift, scale, avg_num_neighbors; the rest default), or None (all defaults: an
+        untrained model). Isolated-atom energies go there, as in a config file:
+
+            ForceField.from_config({"species": ["Cu", "Au"]}, normalization={"e0": {"Cu": -1.2, "Au": -2.3}})
+
+        `model` keys of the old layout (e0, shift, scale, avg_num_neighbors) are moved into
+        the normalisation with a FutureWarning, as a config file's are (move_legacy_model_keys).
+        Invalid keys or values are an InputError naming them."""
+        if isinstance(config, dict):
+            config, normalization = move_legacy_model_keys(
+                config, normalization, "ForceField.from_config", stacklevel=3
+            )
         cfg = parse_model_config(config)
         if not isinstance(normalization, Normalization):
             try:
                 normalization = default_normalization(cfg.species, normalization)
             except ValidationError as exc:
-                raise ValueError(format_validation_error(exc, prefix="normalization")) from None
+                raise InputError(format_validation_error(exc, prefix="normalization")) from None
         return cls(cfg, normalization)
 
     @torch.jit.unused

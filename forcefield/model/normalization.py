@@ -17,6 +17,7 @@ written before this record existed).
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional, Sequence, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +29,7 @@ __all__ = [
     "Normalization",
     "default_normalization",
     "split_legacy_model_config",
+    "move_legacy_model_keys",
     "LEGACY_MODEL_KEYS",
 ]
 
@@ -54,7 +56,7 @@ class NormalizationConfig(BaseModel):
     )
 
     def check_species(self, species: Sequence[str]) -> "NormalizationConfig":
-        """InputError (a ValueError) naming a given e0 or shift element not in `species`."""
+        """InputError naming a given e0 or shift element not in `species`."""
         for key in ("e0", "shift"):
             for s in getattr(self, key) or {}:
                 if s not in species:
@@ -74,15 +76,15 @@ class Normalization(BaseModel):
     source: Dict[str, object] = Field(default_factory=dict)
 
     def check_species(self, species: Sequence[str]) -> "Normalization":
-        """ValueError naming the key and element that does not match `species`."""
+        """InputError naming the key and element that does not match `species`."""
         for key in ("shift", "e0"):
             table = getattr(self, key)
             for s in table:
                 if s not in species:
-                    raise ValueError(f"normalization.{key}: element '{s}' is not in model.species {list(species)}")
+                    raise InputError(f"normalization.{key}: element '{s}' is not in model.species {list(species)}")
             for s in species:
                 if s not in table:
-                    raise ValueError(f"normalization.{key}: no value for element '{s}' of model.species")
+                    raise InputError(f"normalization.{key}: no value for element '{s}' of model.species")
         return self
 
 
@@ -114,3 +116,52 @@ def split_legacy_model_config(model: dict) -> Tuple[dict, dict]:
     arch = {k: v for k, v in model.items() if k not in LEGACY_MODEL_KEYS}
     norm = {k: model[k] for k in LEGACY_MODEL_KEYS if model.get(k) is not None}
     return arch, norm
+
+
+def move_legacy_model_keys(
+    model: dict, normalization, where: str, drop: Sequence[str] = (), stacklevel: int = 2
+) -> Tuple[dict, object]:
+    """(model, normalization) with the keys `model` held before the normalisation became its
+    own record (LEGACY_MODEL_KEYS) moved out of it: the one treatment of both entry points,
+    the training config file (`model:` section) and `ForceField.from_config`.
+
+    Each such key moves into `normalization` (a dict of NormalizationConfig keys, or None)
+    and a FutureWarning says where it lives now; keys in `drop` are discarded instead (the
+    training config's scale and avg_num_neighbors, which training has always replaced by
+    the training-set values). A key given in both places is an InputError. Moving rather
+    than refusing keeps configs and scripts written for the old layout working, with the
+    same numbers. Beside a `normalization` that is not a dict (a complete Normalization)
+    they are an InputError too.
+    """
+    if not isinstance(model, dict) or not any(k in model for k in LEGACY_MODEL_KEYS):
+        return model, normalization
+    model = dict(model)
+    norm = dict(normalization) if isinstance(normalization, dict) else ({} if normalization is None else normalization)
+    moved, dropped = [], []
+    for key in LEGACY_MODEL_KEYS:
+        if key not in model:
+            continue
+        value = model.pop(key)
+        if value is None:
+            continue
+        if key in drop:
+            dropped.append(key)
+            continue
+        if not isinstance(norm, dict):
+            raise InputError(f"{where}: model.{key} beside a complete normalization; give {key} there")
+        if norm.get(key) is not None:
+            raise InputError(f"{where}: model.{key} and normalization.{key} are both given; keep normalization.{key}")
+        norm[key] = value
+        moved.append(key)
+    message = (
+        f"{where}: model.e0 / model.shift / model.scale / model.avg_num_neighbors now live in the "
+        f"normalization (the 'normalization' section of a config, the normalization= argument of "
+        f"ForceField.from_config): {', '.join(f'model.{k}' for k in moved) or 'nothing'} moved there"
+    )
+    if dropped:
+        message += (
+            f"; {', '.join(f'model.{k}' for k in dropped)} ignored (training always replaced them by the "
+            "training-set values)"
+        )
+    warnings.warn(message, FutureWarning, stacklevel=stacklevel)
+    return model, norm

@@ -8,7 +8,6 @@ Every section forbids unknown keys, so a misspelt key is an error that names it.
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Literal, Optional, Tuple, Union
 
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from forcefield.errors import InputError
 from forcefield.model.config import ModelConfig, format_validation_error
-from forcefield.model.normalization import LEGACY_MODEL_KEYS, NormalizationConfig
+from forcefield.model.normalization import LEGACY_MODEL_KEYS, NormalizationConfig, move_legacy_model_keys
 
 
 class DataConfig(BaseModel):
@@ -162,34 +161,15 @@ def move_legacy_normalization(raw: dict, where: str = "config") -> dict:
     `model` (used as given) and scale and avg_num_neighbors there too (always replaced by
     the training-set values). Accept it: e0 and shift move to `normalization`, scale and
     avg_num_neighbors are dropped as before, with a warning saying so. A key in both places
-    is an error."""
+    is an error. The same treatment as `ForceField.from_config`'s (one function:
+    forcefield.model.normalization.move_legacy_model_keys)."""
     model = raw.get("model") if isinstance(raw, dict) else None
     if not isinstance(model, dict) or not any(k in model for k in LEGACY_MODEL_KEYS):
         return raw
-    raw = dict(raw, model=dict(model))
-    norm = raw.get("normalization")
-    norm = dict(norm) if isinstance(norm, dict) else ({} if norm is None else norm)
-    moved = []
-    for key in LEGACY_MODEL_KEYS:
-        if key not in raw["model"]:
-            continue
-        value = raw["model"].pop(key)
-        if key in ("scale", "avg_num_neighbors") or value is None:
-            continue
-        if isinstance(norm, dict) and norm.get(key) is not None:
-            raise InputError(f"{where}: model.{key} and normalization.{key} are both given; keep normalization.{key}")
-        if isinstance(norm, dict):
-            norm[key] = value
-            moved.append(key)
-    raw["normalization"] = norm
-    warnings.warn(
-        f"{where}: model.e0 / model.shift / model.scale / model.avg_num_neighbors now live in the "
-        f"'normalization' section ({', '.join(moved) or 'nothing'} moved there; scale and "
-        "avg_num_neighbors under model were always replaced by the training-set values and are ignored)",
-        FutureWarning,
-        stacklevel=2,
+    model, norm = move_legacy_model_keys(
+        model, raw.get("normalization"), where, drop=("scale", "avg_num_neighbors"), stacklevel=3
     )
-    return raw
+    return dict(raw, model=model, normalization=norm)
 
 
 def dump_config(cfg: Config) -> str:
