@@ -1,0 +1,97 @@
+"""Fixtures of the GPU tests (tests/gpu, all marked `gpu`).
+
+`device`: where the tests run. "cuda" by default: then tests/conftest.py skips them when torch
+sees no CUDA device (the only skip the suite allows). FORCEFIELD_TEST_DEVICE overrides it:
+=cpu runs every one of them on CPU (what `bench/gpu.sh --device cpu --small` does, so that
+the same code runs on every CI run and cannot rot; the comparisons "device against CPU" then
+compare two CPU runs, the LAMMPS ones the pair style's device path, forced on CPU with
+FORCEFIELD_DEVICE_PATH=1, against its CPU path), =cuda makes a missing GPU an error instead
+of a skip (what bench/gpu.sh does on a GPU machine).
+
+The LAMMPS helpers are the ones of tests/export/test_lammps_model.py (loaded from that file,
+so that both test files drive LAMMPS the same way).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from paths import TESTS
+
+
+def requested_device() -> str:
+    return os.environ.get("FORCEFIELD_TEST_DEVICE", "").strip() or "cuda"
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    dev = requested_device()
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail(f"FORCEFIELD_TEST_DEVICE={dev} but torch {torch.__version__} sees no CUDA device")
+    return dev
+
+
+def load_lammps_helpers():
+    """tests/export/test_lammps_model.py as a module of its own (its helpers and constants)."""
+    spec = importlib.util.spec_from_file_location("gpu_lammps_helpers", TESTS / "export" / "test_lammps_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def lm():
+    return load_lammps_helpers()
+
+
+@pytest.fixture(scope="session")
+def device_env(device) -> Dict[str, str]:
+    """Environment of a LAMMPS run on `device`: on CPU the pair style's device path (one
+    staged copy in and out), which is what runs on a GPU."""
+    return {} if device.startswith("cuda") else {"FORCEFIELD_DEVICE_PATH": "1"}
+
+
+@pytest.fixture(scope="session")
+def gpu_models(tmp_path_factory, lm) -> Dict[str, Path]:
+    """The tiny real model of tests/export/test_lammps_model.py (every weight re-drawn),
+    exported in float64 and float32, and portable (no fused operators) in float64."""
+    from model_utils import make_model
+
+    from forcefield.export.torchscript import export_model
+
+    d = tmp_path_factory.mktemp("gpu_models")
+    model = make_model("float64", seed=11, species=lm.SPECIES, channels=8, lmax=2, num_layers=2, r_max=lm.R_MAX)
+    return {
+        "f64": export_model(model, d / "model64.pt"),
+        "f32": export_model(model, d / "model32.pt", dtype="float32"),
+        "portable": export_model(model, d / "portable64.pt", fused_ops=False),
+    }
+
+
+@pytest.fixture(scope="session")
+def alloy_cell(tmp_path_factory, lm):
+    """108 rattled atoms of a Cu/Au FCC alloy in a triclinic periodic cell (as the bulk case
+    of tests/export/test_lammps_model.py) with its LAMMPS data file."""
+    from toy_exported_model import write_lammps_data
+
+    d = tmp_path_factory.mktemp("gpu_bulk")
+    rng = np.random.default_rng(5)
+    a, n = 3.75, 3
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    frac = np.array([(b + [i, j, k]) / n for i in range(n) for j in range(n) for k in range(n) for b in base])
+    cell = np.diag([a * n] * 3)
+    cell[1, 0], cell[2, 0], cell[2, 1] = 0.7, -0.4, 0.5
+    pos = frac @ cell + rng.normal(scale=0.12, size=(len(frac), 3))
+    pos = (np.linalg.solve(cell.T, pos.T).T % 1.0) @ cell
+    symbols = np.where(rng.random(len(pos)) < 0.4, "Au", "Cu")
+    atoms = Atoms(list(symbols), positions=pos, cell=cell, pbc=True)
+    types = np.array([lm.SPECIES.index(s) + 1 for s in atoms.get_chemical_symbols()])
+    write_lammps_data(d / "data.lmp", atoms.positions, types, lm.lammps_cell(atoms), 2)
+    return d, atoms
