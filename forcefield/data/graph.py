@@ -75,10 +75,16 @@ def check_distances(
 
 def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float):
     """(edge_index (2,E), shifts (E,3) Cartesian) for all pairs closer than r_max."""
+    edge_index, shifts, _ = neighbour_list_with_cell_shifts(positions, cell, pbc, r_max)
+    return edge_index, shifts
+
+
+def neighbour_list_with_cell_shifts(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float):
+    """`neighbour_list` and the integer lattice shifts S (E,3) of its edges (shifts = S @ cell)."""
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
     if len(positions) == 0:
-        return np.zeros((2, 0), np.int64), np.zeros((0, 3))
+        return np.zeros((2, 0), np.int64), np.zeros((0, 3)), np.zeros((0, 3), np.int64)
     if not pbc.any():
         cell = np.zeros((3, 3))
     cell = np.ascontiguousarray(cell, dtype=np.float64)
@@ -90,7 +96,7 @@ def neighbour_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_m
     i, j, s = i[keep], j[keep], s[keep]
     edge_index = np.stack([i, j]).astype(np.int64)
     shifts = s.astype(np.float64) @ cell
-    return edge_index, shifts
+    return edge_index, shifts, s
 
 
 def recentred_positions(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:

@@ -23,10 +23,11 @@ def make_batch(
     r_max: float,
     dtype: torch.dtype,
     device,
-    rng: Optional[np.random.Generator] = None,
+    rng=None,
     dens: Optional[DensConfig] = None,
 ) -> Dict[str, torch.Tensor]:
-    """Collate `graphs`; with `dens` (and `rng`) turn some of them into DeNS samples (`dens_sample`).
+    """Collate `graphs`; with `dens` (and `rng`: one numpy Generator, or one per graph) turn some
+    of them into DeNS samples (`dens_sample`).
 
     Extra keys: noise_mask (N,) displaced atoms; noise_target (N,3) noise/std;
     force_mask (N,) atoms in the force loss; energy_mask (G,) graphs in the energy loss;
@@ -34,8 +35,9 @@ def make_batch(
     """
     use = []
     noise_mask, noise_target, force_mask = [], [], []
-    for g in graphs:
-        graph, moved, target, fmask = dens_sample(g, rng, dens, r_max)
+    rngs = rng if isinstance(rng, (list, tuple)) else [rng] * len(graphs)
+    for g, r in zip(graphs, rngs):
+        graph, moved, target, fmask = dens_sample(g, r, dens, r_max)
         use.append(graph)
         noise_mask.append(moved)
         noise_target.append(target)

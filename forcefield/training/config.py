@@ -21,13 +21,23 @@ from forcefield.model.normalization import LEGACY_MODEL_KEYS, NormalizationConfi
 
 class DataConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    train: str = Field(..., description="training structures (extxyz or anything ase.io reads)")
-    valid: Union[float, str] = Field(0.1, description="a file, or the fraction of train held out")
+    train: str = Field(
+        ..., description="training structures: extxyz (or anything ase.io reads) or a `forcefield preprocess` dataset"
+    )
+    valid: Union[float, str] = Field(
+        0.1,
+        description="a file or dataset, or the fraction of train held out "
+        "(a preprocessed train dataset with a valid split uses that split unless this is set)",
+    )
     test: Optional[str] = None
     isolated_atoms: Optional[str] = Field(None, description="file with isolated-atom energies (E0)")
     energy_key: str = "energy"
     forces_key: str = "forces"
     stress_key: str = "stress"
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes reading batches (0: the main process)")
+    valid_max: Optional[int] = Field(
+        None, ge=1, description="validate on this many structures (a fixed, seeded choice)"
+    )
 
 
 class DensConfig(BaseModel):
@@ -105,6 +115,9 @@ class TrainingConfig(BaseModel):
     forces_weight: float = Field(100.0, ge=0)
     stress_weight: float = Field(1.0, ge=0)
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's)")
+    valid_every: Optional[int] = Field(
+        1000, ge=1, description="also validate (and checkpoint) every this many optimizer steps inside an epoch"
+    )
 
 
 class Config(BaseModel):
@@ -187,6 +200,8 @@ data:
   energy_key: energy          # looked up in atoms.info / arrays or the attached calculator
   forces_key: forces
   stress_key: stress          # eV/Å^3, ASE sign convention
+  num_workers: 0              # DataLoader processes reading batches (0: the main process)
+  valid_max: null             # validate on at most this many structures (seeded choice)
 
 model:
   species: [Cu, Au]           # element symbols, in model order
@@ -227,7 +242,7 @@ dens:                         # denoising non-equilibrium structures (training o
 training:                     # defaults chosen on rMD17 ethanol, 50 structures: bench/README.md
   max_epochs: 100
   max_time: null              # wall-time budget of the training loop, seconds; both limits apply
-  batch_size: 5
+  batch_size: 5               # global: under torchrun the N processes share each batch
   lr: 0.01
   optimizer: adam             # adam | adamw
   amsgrad: true
@@ -254,4 +269,5 @@ training:                     # defaults chosen on rMD17 ethanol, 50 structures:
   forces_weight: 100.0
   stress_weight: 1.0
   num_threads: null
+  valid_every: 1000           # also validate + checkpoint every N optimizer steps inside an epoch
 """

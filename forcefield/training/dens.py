@@ -120,12 +120,17 @@ class NoiseHead(nn.Module):
         h = self.block(features, edge_sh[keep], edge_radial[keep], edge_index[:, keep])
         return self.out(h)
 
-    def loss(self, out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """The noise loss: mean squared error of the predicted noise / std over the displaced
-        atoms of `batch`, from the model outputs `out` (penultimate features, edge sh/radial)."""
+    def residual(self, out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Predicted minus true noise / std per atom (N,3), from the model outputs `out`
+        (penultimate features, edge sh/radial); only rows of displaced atoms are meaningful."""
         mask = batch["noise_mask"]
         pred = self(out["penultimate"], out["edge_sh"], out["edge_radial"], batch["edge_index"], mask)
-        return masked_mse(pred - batch["noise_target"], mask)
+        return pred - batch["noise_target"]
+
+    def loss(self, out: Dict[str, torch.Tensor], batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The noise loss: mean squared error of the predicted noise / std over the displaced
+        atoms of `batch`."""
+        return masked_mse(self.residual(out, batch), batch["noise_mask"])
 
 
 class DeNS:

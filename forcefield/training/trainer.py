@@ -1,20 +1,25 @@
 """The training loop: Adam/AdamW, warm-up + plateau or cosine LR (training/schedule.py),
 a final stage with other loss weights, early stopping, EMA, gradient clipping, DeNS,
-per-epoch validation, metrics.csv, best/last checkpoints (atomic) and --resume.
+validation every `valid_every` steps and at epoch ends, metrics.csv, best/last checkpoints
+(atomic) and --resume; one process or several (torchrun / srun, training/distributed.py).
 
-Determinism: all randomness of training (shuffling, DeNS selection and noise) comes from
-one numpy Generator seeded by training.seed; its state, torch's RNG state, the optimizer,
-schedule and EMA are checkpointed, so a resumed run continues exactly where it stopped.
-An epoch cut short by max_time is not recorded as an epoch: last.ckpt then holds the
-position inside it (its batch order and next batch), and --resume finishes it.
-The LR schedule counts optimizer steps, so it does not depend on timing; only what is
-sized from max_time (cosine, the start of the final stage, the DeNS decay) does.
+Pieces: data (training/datasets.py: in-memory or a preprocessed dataset, read by a
+torch DataLoader with `data.num_workers` workers), one step (`step.train_step`), one
+validation (`step.evaluate`), the run folder (training/run_folder.py); this module keeps the
+state and the loop.
+
+Determinism: the order of epoch e is a permutation drawn from numpy's default_rng([seed, e]);
+the DeNS draw of structure i in epoch e comes from default_rng([seed, e, i, 1]). Neither
+depends on the number of processes, workers or on where a run was resumed; the optimizer,
+schedule, EMA and torch's RNG are checkpointed. A validation inside an epoch (valid_every,
+or max_time running out) saves last.ckpt with the position inside the epoch, and --resume
+continues from there. The LR schedule counts optimizer steps; only what is sized from
+max_time (cosine, the start of the final stage, the DeNS decay) reads the clock, and under
+several processes the clock of the slowest rank is used by all.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import time
 from pathlib import Path
@@ -23,40 +28,21 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from forcefield.atomic_io import write_text
-from forcefield.data.graph import frame_to_graph
 from forcefield.errors import InputError
 from forcefield.model.forcefield import ForceField
 from forcefield.model.normalization import Normalization
-from forcefield.model.serialization import read_checkpoint, write_checkpoint
-from forcefield.plots import learning_curve
+from forcefield.model.serialization import read_checkpoint
 from forcefield.training.batches import make_batch
 from forcefield.training.config import Config, dump_config
-from forcefield.training.datasets import fit_normalization, load_datasets
+from forcefield.training.datasets import GraphSource, fit_normalization, load_training_data
 from forcefield.training.dens import DeNS
+from forcefield.training.distributed import from_environment, shutdown
 from forcefield.training.ema import EMA
-from forcefield.training.loss import batch_loss
+from forcefield.training.loader import Failed, batch_loader
 from forcefield.training.resume import check_resume_config
+from forcefield.training.run_folder import METRIC_COLUMNS, RUN_FILES, RunFolder  # noqa: F401 - re-exported
 from forcefield.training.schedule import Schedule
-
-METRIC_COLUMNS = [
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_energy_loss",
-    "train_forces_loss",
-    "train_stress_loss",
-    "train_dens_loss",
-    "dens_coefficient",
-    "valid_loss",
-    "valid_energy_mae",
-    "valid_forces_mae",
-    "valid_stress_mae",
-    "time_s",
-    "stage",
-    "event",
-]
-RUN_FILES = ("best.ckpt", "last.ckpt", "metrics.csv", "config.yaml", "learning_curve.png", "test_metrics.json")
+from forcefield.training.step import StepContext, TrainModule, evaluate, train_step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,62 +58,57 @@ class Trainer:
         self, cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False, overwrite: bool = False
     ):
         self.cfg = cfg
-        self.out = Path(output).expanduser()
-        self.quiet = quiet
         tr = cfg.training
         self._threads_before = torch.get_num_threads()
-        self.device = resolve_device(tr.device)
+        self.dist = from_environment(resolve_device(tr.device))
+        self.device = self.dist.device
+        self.quiet = quiet or not self.dist.is_main
+        self.folder = RunFolder(output, writes=self.dist.is_main)
+        self.out = self.folder.path
         torch.manual_seed(tr.seed)
-        self.rng = np.random.default_rng(tr.seed)
         self.resume_changes: Dict[str, tuple] = {}
-
         resume_ckpt = None
-        existing = [f for f in RUN_FILES if (self.out / f).exists()]
         if resume:
             last = self.out / "last.ckpt"
             if not last.is_file():
                 raise InputError(f"{last}: nothing to resume from")
             resume_ckpt = read_checkpoint(last)
             self.resume_changes = check_resume_config(resume_ckpt["config"], cfg.model_dump(mode="json"), self.out)
-        self._replace = [f for f in existing if not resume]
-
-        self.data = load_datasets(cfg)  # bad data is reported before a taken output folder
-        if self._replace and not overwrite:
-            raise InputError(
-                f"{self.out}: already holds a training run ({', '.join(existing)}); "
-                "continue it with --resume or replace it with --overwrite"
-            )
+        self.data = load_training_data(cfg)  # bad data is reported before a taken output folder
+        self.folder.check_free(resume, overwrite)
         # model.species and model.r_max are those of a resumed checkpoint too (--resume refuses
-        # a changed model section); the statistics count neighbours on these graphs
+        # a changed model section)
         self.species, self.r_max = list(cfg.model.species), float(cfg.model.r_max)
-        self.train_graphs = [frame_to_graph(f, self.species, self.r_max) for f in self.data.train]
-        self.valid_graphs = [frame_to_graph(f, self.species, self.r_max) for f in self.data.valid]
+        self.train_data: GraphSource = self.data.train
+        self.valid_data: GraphSource = self._valid_subset(self.data.valid)
         if resume_ckpt is not None:
             model_cfg = resume_ckpt["model_config"]
             norm = Normalization.model_validate(resume_ckpt["normalization"])
         else:
-            model_cfg, norm = cfg.model, fit_normalization(cfg, self.data, self.train_graphs)
+            model_cfg, norm = cfg.model, fit_normalization(cfg, self.data)
         self.model = ForceField.from_config(model_cfg, norm).to(self.device)
         self.dtype = self.model.dtype
-
         self.dens: Optional[DeNS] = DeNS(cfg.dens, self.model, self.device) if cfg.dens.enabled else None
         params = list(self.model.parameters()) + (self.dens.parameters() if self.dens is not None else [])
         opt_cls = torch.optim.AdamW if tr.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt_cls(params, lr=tr.lr, weight_decay=tr.weight_decay, amsgrad=tr.amsgrad)
-        steps_per_epoch = math.ceil(len(self.train_graphs) / tr.batch_size)
-        self.schedule = Schedule(tr, steps_per_epoch)
+        self.schedule = Schedule(tr, self.steps_per_epoch)
         self._set_lr(self.schedule.lr)
         self.ema = EMA(self.model, tr.ema_decay) if tr.ema_decay else None
+        module = TrainModule(self.model, self.encoder, self.head)
+        self.step_ctx = StepContext.build(module, self.optimizer, self.dist, self.ema, tr.grad_clip)
         self.epoch = 0
         self.best = math.inf
         self.rows: List[Dict[str, float]] = []
         self.elapsed = 0.0
-        self.epoch_state: Optional[dict] = None  # position inside an epoch cut short by max_time
+        self.epoch_state: Optional[dict] = None  # position inside an epoch (mid-epoch checkpoint)
+        self.since_valid = 0  # optimizer steps since the last validation
         self.stop_reason = ""
         self.test_metrics: Optional[Dict[str, float]] = None
         if resume_ckpt is not None:
             self._load_state(resume_ckpt)
 
+    # ------------------------------------------------------------------ pieces
     @property
     def encoder(self):
         """DeNS's force encoder (None without DeNS)."""
@@ -142,31 +123,67 @@ class Trainer:
     def weights(self) -> Dict[str, float]:
         return self.schedule.loss_weights()
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self._epoch_batches(0))
+
     def _set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
 
-    # ------------------------------------------------------------------ state
-    def _eval_state(self) -> dict:
-        return self.ema.shadow if self.ema is not None else self.model.state_dict()
+    def _log(self, msg: str) -> None:
+        if not self.quiet:
+            from rich.console import Console
 
+            Console(stderr=True).print(msg)
+
+    def _valid_subset(self, source: GraphSource) -> GraphSource:
+        """data.valid_max structures of the validation set (a seeded, fixed choice)."""
+        n_max = self.cfg.data.valid_max
+        if n_max is None or n_max >= len(source):
+            return source
+        pick = np.sort(np.random.default_rng([self.cfg.training.seed, 2]).permutation(len(source))[:n_max])
+        return source.subset(pick)
+
+    def _epoch_batches(self, epoch: int) -> List[np.ndarray]:
+        """The global batches of `epoch` (indices into the train source). Under W processes a
+        last batch with fewer than W structures is dropped (every rank needs one)."""
+        n, bs, w = len(self.train_data), self.cfg.training.batch_size, self.dist.world
+        order = np.random.default_rng([self.cfg.training.seed, epoch]).permutation(n)
+        batches = [order[k : k + bs] for k in range(0, n, bs)]
+        if batches and len(batches[-1]) < w:
+            batches.pop()
+        return batches
+
+    def _share(self, idx: np.ndarray) -> np.ndarray:
+        return idx[self.dist.rank :: self.dist.world]
+
+    def dens_coefficient(self, progress: float) -> float:
+        return self.dens.coefficient(progress) if self.dens is not None else 0.0
+
+    def _out_of_time(self) -> bool:
+        tr = self.cfg.training
+        return bool(tr.max_time) and self.elapsed >= tr.max_time
+
+    # ------------------------------------------------------------------ state
     def _checkpoint(self) -> dict:
+        eval_state = self.ema.shadow if self.ema is not None else self.model.state_dict()
         return {
             "model_config": self.model.model_config().model_dump(mode="json"),
             "normalization": self.model.normalization().model_dump(mode="json"),
-            "model_state": {k: v.detach().cpu() for k, v in self._eval_state().items()},
+            "model_state": {k: v.detach().cpu() for k, v in eval_state.items()},
             "raw_model_state": self.model.state_dict(),
             **(self.dens.state_dict() if self.dens is not None else {"encoder_state": None, "head_state": None}),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "epoch": self.epoch,
             "best": self.best,
             "rows": self.rows,
             "elapsed": self.elapsed,
             "epoch_state": self.epoch_state,
+            "since_valid": self.since_valid,
             "config": self.cfg.model_dump(mode="json"),
         }
 
@@ -179,173 +196,138 @@ class Trainer:
         self._set_lr(self.schedule.lr)
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
-        self.rng.bit_generator.state = ckpt["numpy_rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         self.epoch, self.best, self.rows = ckpt["epoch"], ckpt["best"], list(ckpt["rows"])
         self.elapsed = ckpt.get("elapsed", 0.0)
         self.epoch_state = ckpt.get("epoch_state")
+        if self.epoch_state is not None and "order" in self.epoch_state:
+            raise InputError(
+                f"{self.out / 'last.ckpt'}: stopped inside an epoch by an older forcefield; resume it there"
+            )
+        self.since_valid = int(ckpt.get("since_valid", 0))
 
     def _save(self, best: bool) -> None:
-        ckpt = self._checkpoint()
-        write_checkpoint(ckpt, self.out / "last.ckpt")
-        if best:
-            write_checkpoint(ckpt, self.out / "best.ckpt")
-
-    def _write_metrics(self) -> None:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
-        write_text(buf.getvalue(), self.out / "metrics.csv")
-        try:
-            learning_curve(self.rows, self.out / "learning_curve.png")
-        except Exception as exc:  # noqa: BLE001 - a plot must never stop training
-            self._log(f"[yellow]learning curve not drawn: {exc}[/yellow]")
-
-    def _log(self, msg: str) -> None:
-        if not self.quiet:
-            from rich.console import Console
-
-            Console(stderr=True).print(msg)
+        self.folder.save(self._checkpoint(), best=best)
 
     # ------------------------------------------------------------------ loop
-    def dens_coefficient(self, progress: float) -> float:
-        return self.dens.coefficient(progress) if self.dens is not None else 0.0
-
-    def _out_of_time(self) -> bool:
-        tr = self.cfg.training
-        return bool(tr.max_time) and self.elapsed >= tr.max_time
-
     def train_epoch(self, bar=None, task=None) -> Optional[Dict[str, float]]:
-        """One epoch (or the rest of one cut short earlier). None if max_time cut it short:
-        then `epoch_state` holds where it stopped."""
+        """One epoch (or the rest of one). Validates every `valid_every` steps inside it; None
+        if max_time or an early stop ended it inside (then `epoch_state` holds where)."""
         tr = self.cfg.training
         if self.epoch_state is None:
-            order = self.rng.permutation(len(self.train_graphs))
-            state = {"order": order.tolist(), "next": 0, "sums": {}, "counts": {}, "coef": 0.0}
+            state = {"next": 0, "sums": {}, "counts": {}, "coef": 0.0}
         else:
             state, self.epoch_state = self.epoch_state, None
-        order = state["order"]
-        batches = [order[k : k + tr.batch_size] for k in range(0, len(order), tr.batch_size)]
+        batches = self._epoch_batches(self.epoch)
         sums, counts = state["sums"], state["counts"]  # a part (dens, stress) is averaged over the batches that have it
         self.model.train()
         t_last = time.perf_counter()
         weights = self.weights
-        for b in range(state["next"], len(batches)):
-            idx = batches[b]
+        start = state["next"]
+        shares = [self._share(b) for b in batches[start:]]
+        for b, graphs in enumerate(batch_loader(self.train_data, shares, self.cfg.data.num_workers), start):
+            if isinstance(graphs, Failed):
+                raise InputError(graphs.message)
             state["coef"] = coef = self.dens_coefficient(self.schedule.progress(self.elapsed))
             dens = self.dens.batch_config(coef) if self.dens is not None else None
-            batch = make_batch(
-                [self.train_graphs[i] for i in idx], self.species, self.r_max, self.dtype, self.device, self.rng, dens
-            )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, parts, _ = batch_loss(self.model, batch, weights, self.encoder, self.head, coef)
-            loss.backward()
-            if tr.grad_clip:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in self.optimizer.param_groups for p in g["params"]], tr.grad_clip
-                )
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
-            for k, v in (("loss", float(loss.detach())), *parts.items()):
+            rngs = [np.random.default_rng([tr.seed, self.epoch, int(i), 1]) for i in shares[b - start]]
+            batch = make_batch(graphs, self.species, self.r_max, self.dtype, self.device, rngs, dens)
+            parts = train_step(self.step_ctx, batch, weights, coef)
+            for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
             now = time.perf_counter()
-            self.elapsed += now - t_last
+            self.elapsed = self.dist.max(self.elapsed + (now - t_last))
             t_last = now
             self._set_lr(self.schedule.after_step(self.elapsed))
+            self.since_valid += 1
             if bar is not None:
                 bar.update(
-                    task,
-                    advance=len(idx),
-                    description=f"epoch {self.epoch + 1} loss {sums['loss'] / counts['loss']:.4g}",
+                    task, advance=len(batches[b]), description=f"epoch {self.epoch + 1} loss {parts['loss']:.4g}"
                 )
-            if self._out_of_time() and b + 1 < len(batches):
-                state["next"] = b + 1
-                self.epoch_state = state
-                return None
+            if b + 1 == len(batches):
+                break
+            timed_out = self._out_of_time()
+            if timed_out or (tr.valid_every and self.since_valid >= tr.valid_every):
+                row = self._train_row(state)
+                state = self.epoch_state = {**state, "next": b + 1, "sums": {}, "counts": {}}
+                sums, counts = state["sums"], state["counts"]
+                where = f"batch {b + 1}/{len(batches)} of epoch {self.epoch + 1}"
+                note = f"max_time ({tr.max_time:g} s) reached after {where}; --resume continues it" if timed_out else ""
+                self._record(row, self.epoch + (b + 1) / len(batches), lambda n=note: n)
+                if timed_out or self.schedule.stopped:
+                    return None
+                self.epoch_state = None
+                weights = self.weights
+                self.model.train()
+                t_last = time.perf_counter()
+        return self._train_row(state)
+
+    @staticmethod
+    def _train_row(state: dict) -> Dict[str, float]:
+        sums, counts = state["sums"], state["counts"]
         out = {f"train_{k}_loss" if k != "loss" else "train_loss": v / counts[k] for k, v in sums.items()}
         out["dens_coefficient"] = state["coef"]
-        out["steps"] = len(batches)
         return out
 
-    def validate(self, graphs=None) -> Dict[str, float]:
-        """Loss and MAEs (meV/atom, meV/Å, meV/Å^3) of the evaluated (EMA) weights."""
-        graphs = self.valid_graphs if graphs is None else graphs
+    def validate(self) -> Dict[str, float]:
+        """Loss and MAEs (meV/atom, meV/Å, meV/Å^3) of the evaluated (EMA) weights on this
+        rank's share of the validation set, reduced over ranks."""
         raw = None
         if self.ema is not None:
             raw = {k: v.clone() for k, v in self.model.state_dict().items()}
             self.model.load_state_dict(self.ema.shadow)
-        self.model.eval()
-        tot = {"loss": 0.0, "e": 0.0, "f": 0.0, "s": 0.0}
-        cnt = {"loss": 0, "e": 0, "f": 0, "s": 0}
         bs = max(self.cfg.training.batch_size, 8)
+        mine = np.arange(len(self.valid_data))[self.dist.rank :: self.dist.world]
+        shares = [mine[k : k + bs] for k in range(0, len(mine), bs)]
+        loader = batch_loader(self.valid_data, shares, self.cfg.data.num_workers)
         try:
-            for k in range(0, len(graphs), bs):
-                batch = make_batch(graphs[k : k + bs], self.species, self.r_max, self.dtype, self.device)
-                loss, _, out = batch_loss(self.model, batch, self.weights, create_graph=False)
-                g = int(batch["num_graphs"])
-                tot["loss"] += float(loss.detach()) * g
-                cnt["loss"] += g
-                if "energy" in batch:
-                    err = (out["energy"] - batch["energy"]).detach() / batch["num_atoms"]
-                    tot["e"] += float(err.abs().sum())
-                    cnt["e"] += g
-                if "forces" in batch:
-                    err = (out["forces"] - batch["forces"]).detach()
-                    tot["f"] += float(err.abs().sum())
-                    cnt["f"] += err.numel()
-                if "virial" in out and "stress" in batch:
-                    pred = -out["virial"].detach() / batch["volume"].clamp(min=1e-12).view(-1, 1, 1)
-                    m = batch["stress_mask"]
-                    tot["s"] += float((pred - batch["stress"]).abs()[m].sum())
-                    cnt["s"] += int(m.sum()) * 9
+            return evaluate(self.model, _checked(loader), self.weights, self.species, self.r_max, self.dist)
         finally:
             if raw is not None:
                 self.model.load_state_dict(raw)
-        mean = lambda key: tot[key] / cnt[key] if cnt[key] else float("nan")  # noqa: E731
-        return {
-            "valid_loss": mean("loss"),
-            "valid_energy_mae": 1000 * mean("e"),
-            "valid_forces_mae": 1000 * mean("f"),
-            "valid_stress_mae": 1000 * mean("s"),
-        }
 
-    def _finish_epoch(self, row: Dict[str, float]) -> None:
-        tr = self.cfg.training
+    def _record(self, row: Dict[str, float], epoch: float, end_note=lambda: "") -> None:
+        """Validate, append a metrics row, step the schedule, save last (and best) checkpoint.
+        `end_note()`: a note read after the schedule's step (why the run ends, if it does)."""
         stage = self.schedule.stage
         row.update(self.validate())
-        self.epoch += 1
-        row.update(epoch=self.epoch, lr=self.optimizer.param_groups[0]["lr"], time_s=self.elapsed, stage=stage)
+        row.update(
+            epoch=round(epoch, 4) if epoch != int(epoch) else int(epoch),
+            step=self.schedule.step,
+            lr=self.optimizer.param_groups[0]["lr"],
+            time_s=self.elapsed,
+            stage=stage,
+        )
         improved = row["valid_loss"] < self.best
         if improved:
             self.best = row["valid_loss"]
-        note = self.schedule.after_epoch(row["valid_loss"], int(row.pop("steps")), self.elapsed)
+        sched_note = self.schedule.after_epoch(row["valid_loss"], self.since_valid, self.elapsed)
+        self.since_valid = 0
         self._set_lr(self.schedule.lr)
         if self.schedule.stage != stage:
             self.best = math.inf  # the validation loss changes meaning with the loss weights
-        if self.epoch >= tr.max_epochs and not self.schedule.stopped:
-            note = "; ".join(filter(None, [note, f"max_epochs ({tr.max_epochs}) reached"]))
-        elif self._out_of_time() and not self.schedule.stopped:
-            note = "; ".join(filter(None, [note, f"max_time ({tr.max_time:g} s) reached"]))
+        note = "; ".join(filter(None, [sched_note, end_note()]))
         row["event"] = note
         if note:
-            self._log(f"epoch {self.epoch}: {note}")
+            self._log(f"epoch {row['epoch']}: {note}")
         self.stop_reason = self.schedule.stopped
         self.rows.append(row)
         self._save(best=improved)
-        self._write_metrics()
+        self.folder.write_metrics(self.rows, self._log)
 
-    def _prepare_folder(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        for name in self._replace:  # --overwrite: no file of the old run stays beside the new one
-            (self.out / name).unlink(missing_ok=True)
-        self._replace = []
-        for key, (old, new) in self.resume_changes.items():
-            self._log(f"resume: {key} {old!r} -> {new!r}")
-        write_text(dump_config(self.cfg), self.out / "config.yaml")
+    def _finish_epoch(self, row: Dict[str, float]) -> None:
+        tr = self.cfg.training
+        self.epoch += 1
+
+        def end_note() -> str:
+            if self.schedule.stopped:
+                return ""
+            if self.epoch >= tr.max_epochs:
+                return f"max_epochs ({tr.max_epochs}) reached"
+            return f"max_time ({tr.max_time:g} s) reached" if self._out_of_time() else ""
+
+        self._record(row, self.epoch, end_note)
 
     def run(self) -> Dict[str, float]:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -353,7 +335,9 @@ class Trainer:
         tr = self.cfg.training
         if tr.num_threads:
             torch.set_num_threads(tr.num_threads)
-        self._prepare_folder()
+        for key, (old, new) in self.resume_changes.items():
+            self._log(f"resume: {key} {old!r} -> {new!r}")
+        self.folder.prepare(dump_config(self.cfg))
         cols = (
             TextColumn("{task.description}"),
             BarColumn(),
@@ -364,16 +348,9 @@ class Trainer:
         try:
             with Progress(*cols, disable=self.quiet, transient=False) as bar:
                 while self.epoch < tr.max_epochs and not self._out_of_time() and not self.schedule.stopped:
-                    task = bar.add_task(f"epoch {self.epoch + 1}", total=len(self.train_graphs), status="")
+                    task = bar.add_task(f"epoch {self.epoch + 1}", total=len(self.train_data), status="")
                     row = self.train_epoch(bar, task)
-                    if row is None:  # max_time inside the epoch: not an epoch, but resumable
-                        self._save(best=False)
-                        b = self.epoch_state["next"]
-                        n = math.ceil(len(self.train_graphs) / tr.batch_size)
-                        self._log(
-                            f"max_time ({tr.max_time:g} s) reached after batch {b}/{n} of epoch "
-                            f"{self.epoch + 1}: not recorded as an epoch; --resume finishes it"
-                        )
+                    if row is None:  # max_time or an early stop inside the epoch; validated, resumable
                         break
                     self._finish_epoch(row)
                     bar.update(
@@ -382,20 +359,23 @@ class Trainer:
                         f"F {self.rows[-1]['valid_forces_mae']:.1f} meV/Å",
                     )
         except KeyboardInterrupt:
-            # last.ckpt already holds the state at the end of the last completed epoch (or of
-            # the last max_time cut); the state of a half-done epoch is not saved here, since
-            # it could be mid-step
+            # last.ckpt holds the state at the last validation (an epoch end, valid_every or a
+            # max_time cut); the half-done steps since are not saved here, since it could be mid-step
             if (self.out / "last.ckpt").is_file():
                 self._log(
-                    f"[yellow]interrupted: {self.out / 'last.ckpt'} holds the last completed "
-                    "epoch (continue with --resume)[/yellow]"
+                    f"[yellow]interrupted: {self.out / 'last.ckpt'} holds the state at the last "
+                    "validation (continue with --resume)[/yellow]"
                 )
             else:
-                self._log("[yellow]interrupted before the first epoch ended: nothing to resume[/yellow]")
+                self._log("[yellow]interrupted before the first validation: nothing to resume[/yellow]")
             raise
         finally:
             torch.set_num_threads(self._threads_before)
-        if self.data.test and (self.out / "best.ckpt").is_file():
+            self.train_data.close()
+            self.valid_data.close()
+        if not self.rows:
+            self._log("[yellow]no validation ran: the run ended before its first optimizer step[/yellow]")
+        if self.data.test and self.dist.is_main and (self.out / "best.ckpt").is_file():
             self.test_metrics = self.evaluate_test()
         return self.rows[-1] if self.rows else {}
 
@@ -403,17 +383,27 @@ class Trainer:
         """Errors of best.ckpt on data.test (`evaluate`'s metrics), written to test_metrics.json."""
         import json
 
-        from forcefield.evaluation import evaluate
+        from forcefield.evaluation import evaluate as evaluate_file
 
         d = self.cfg.data
-        metrics, _ = evaluate(self.out / "best.ckpt", d.test, d.energy_key, d.forces_key, d.stress_key)
-        write_text(json.dumps(metrics, indent=2) + "\n", self.out / "test_metrics.json")
+        metrics, _ = evaluate_file(self.out / "best.ckpt", d.test, d.energy_key, d.forces_key, d.stress_key)
+        self.folder.write_text("test_metrics.json", json.dumps(metrics, indent=2) + "\n")
         return metrics
+
+
+def _checked(loader):
+    for graphs in loader:
+        if isinstance(graphs, Failed):
+            raise InputError(graphs.message)
+        yield graphs
 
 
 def train(
     cfg: Config, output: Path | str, resume: bool = False, quiet: bool = False, overwrite: bool = False
 ) -> Trainer:
     trainer = Trainer(cfg, output, resume=resume, quiet=quiet, overwrite=overwrite)
-    trainer.run()
+    try:
+        trainer.run()
+    finally:
+        shutdown(trainer.dist)
     return trainer

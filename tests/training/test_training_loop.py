@@ -118,21 +118,21 @@ def test_resume_after_interrupt_mid_epoch_is_bitwise_identical(straight_run, tmp
     cfg = _resume_config(train)
     out = tmp_path / "run"
     calls = {"n": 0}
-    real_loss = trainer_module.batch_loss
+    real_step = trainer_module.train_step
 
     def interrupt_in_epoch_three(*args, **kwargs):
         calls["n"] += 1
-        # per epoch: 12 train structures / batch 3 = 4 steps, then 1 validation batch
-        if calls["n"] == 2 * 5 + 2:
+        # per epoch: 12 train structures / batch 3 = 4 steps
+        if calls["n"] == 2 * 4 + 2:
             raise KeyboardInterrupt
-        return real_loss(*args, **kwargs)
+        return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "batch_loss", interrupt_in_epoch_three)
+    monkeypatch.setattr(trainer_module, "train_step", interrupt_in_epoch_three)
     first = Trainer(cfg, out, quiet=True)
     with pytest.raises(KeyboardInterrupt):
         first.run()
-    assert calls["n"] == 12
-    monkeypatch.setattr(trainer_module, "batch_loss", real_loss)
+    assert calls["n"] == 10
+    monkeypatch.setattr(trainer_module, "train_step", real_step)
     Trainer(cfg, out, resume=True, quiet=True).run()
     _assert_same_state(_final_state(out), reference)
 

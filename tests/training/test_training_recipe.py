@@ -3,6 +3,8 @@ the final stage, and max_time cutting an epoch short (resumable, not recorded as
 
 from __future__ import annotations
 
+import math
+
 import csv
 
 import pytest
@@ -102,6 +104,31 @@ def _state(folder):
     return ckpt, rows
 
 
+def test_max_time_inside_the_first_epoch_still_validates(tmp_path):
+    """A budget that ends inside the first epoch: validated at the cut, best.ckpt written."""
+    train = write_ethanol(tmp_path / "train.xyz", n=16)
+    cfg = tiny_config(train, dens={"enabled": False}, training={"batch_size": 2, "max_time": 1e-3})
+    cut = Trainer(load_config(cfg), tmp_path / "cut", quiet=True)
+    cut.run()
+    assert cut.epoch == 0 and len(cut.rows) == 1
+    row = cut.rows[0]
+    assert math.isfinite(row["valid_loss"]) and math.isfinite(row["valid_forces_mae"])
+    assert "max_time" in row["event"] and row["step"] == 1 and 0 < row["epoch"] < 1
+    best = read_checkpoint(tmp_path / "cut" / "best.ckpt")
+    assert best["rows"][-1]["valid_loss"] == row["valid_loss"]  # a validated model
+    assert (tmp_path / "cut" / "metrics.csv").read_text().count("\n") == 2
+
+
+def test_valid_every_validates_inside_epochs(tmp_path):
+    train = write_ethanol(tmp_path / "train.xyz", n=16)
+    cfg = tiny_config(train, dens={"enabled": False}, training={"batch_size": 2, "max_epochs": 1, "valid_every": 2})
+    trainer = Trainer(load_config(cfg), tmp_path / "run", quiet=True)
+    trainer.run()
+    # 12 train structures / batch 2 = 6 steps: validations after steps 2 and 4, and at the epoch end
+    assert [r["step"] for r in trainer.rows] == [2, 4, 6]
+    assert [r["epoch"] for r in trainer.rows] == [round(2 / 6, 4), round(4 / 6, 4), 1]
+
+
 def test_max_time_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     train = write_ethanol(tmp_path / "train.xyz", n=16)
     base = {
@@ -111,6 +138,7 @@ def test_max_time_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
         "warmup_steps": 3,
         "patience_steps": 4,
         "final_stage": {"enabled": False},
+        "valid_every": 1,  # the uninterrupted run validates where the cut one does
     }
     whole = Trainer(
         load_config(tiny_config(train, dens={"enabled": False}, training=base)), tmp_path / "whole", quiet=True
@@ -120,11 +148,9 @@ def test_max_time_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     cut_cfg = load_config(tiny_config(train, dens={"enabled": False}, training={**base, "max_time": 1e-3}))
     cut = Trainer(cut_cfg, tmp_path / "cut", quiet=True)
     cut.run()
-    assert cut.epoch == 0 and cut.rows == []  # the cut epoch is not recorded as an epoch
+    assert cut.epoch == 0 and len(cut.rows) == 1  # validated at the cut, not an epoch
     ckpt = read_checkpoint(tmp_path / "cut" / "last.ckpt")
     assert ckpt["epoch_state"]["next"] == 1  # stopped after its first batch
-    assert not (tmp_path / "cut" / "best.ckpt").exists()
-    assert not (tmp_path / "cut" / "metrics.csv").exists()
 
     resumed = Trainer(
         load_config(tiny_config(train, dens={"enabled": False}, training=base)),
