@@ -3,9 +3,8 @@ the final stage, and max_time cutting an epoch short (resumable, not recorded as
 
 from __future__ import annotations
 
-import math
-
 import csv
+import math
 
 import pytest
 import torch
