@@ -26,6 +26,19 @@ def predict_frames(runner, frames):
     return out
 
 
+def _frames(data, energy_key: str, forces_key: str, stress_key: str):
+    """The structures of a file, or the test split of a preprocessed dataset."""
+    from forcefield.data.store import StoredDataset, is_stored_dataset
+
+    if is_stored_dataset(data):
+        store = StoredDataset(data)
+        idx = store.splits["test"]
+        if not len(idx):
+            raise InputError(f"{data}: the dataset holds no test split (preprocess with --test FILE)")
+        return [store.frame(int(i)) for i in idx]
+    return extract_e0(read_frames(data, energy_key, forces_key, stress_key), energy_key=energy_key)[0]
+
+
 def evaluate(
     model: Union[torch.nn.Module, str, Path],
     data: Union[str, Path],
@@ -42,7 +55,7 @@ def evaluate(
     when fewer than ``n_structures`` structures have energies / forces, ``n_stress`` always
     with ``stress_mae``. InputError (naming ``data``) when nothing carries a label.
     """
-    frames = extract_e0(read_frames(data, energy_key, forces_key, stress_key), energy_key=energy_key)[0]
+    frames = _frames(data, energy_key, forces_key, stress_key)
     if not frames:
         raise InputError(f"{data}: only isolated atoms, no structure to score")
     has_e = [f.energy is not None for f in frames]

@@ -139,10 +139,16 @@ def train(
     output = _output_dir(output, "--output")
     cfg = load_config(_expand(config))
     trainer = run_training(cfg, output, resume=resume, overwrite=overwrite)
-    row = trainer.rows[-1] if trainer.rows else {}
+    if not trainer.dist.is_main:
+        return  # under torchrun / srun only rank 0 reports
+    if not trainer.rows:
+        typer.echo("no validation ran: the run ended before its first optimizer step (no best.ckpt)")
+        return
+    row = trainer.rows[-1]
+    steps = int(row.get("step") or 0)
     typer.echo(
-        f"trained {trainer.epoch} epochs; valid energy MAE {row.get('valid_energy_mae', float('nan')):.3f} "
-        f"meV/atom, forces MAE {row.get('valid_forces_mae', float('nan')):.2f} meV/Å"
+        f"trained {trainer.epoch} epochs ({steps} steps); valid energy MAE {row['valid_energy_mae']:.3f} "
+        f"meV/atom, forces MAE {row['valid_forces_mae']:.2f} meV/Å"
     )
     if trainer.test_metrics:
         t = trainer.test_metrics
@@ -152,6 +158,64 @@ def train(
             f"-> {Path(output) / 'test_metrics.json'}"
         )
     typer.echo(str((Path(output) / "best.ckpt").resolve()))
+
+
+@app.command()
+@user_errors
+def preprocess(
+    inputs: list[Path] = typer.Argument(..., help="Training structures (extxyz or anything ase.io reads)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The dataset file to write (HDF5)."),
+    r_max: float = typer.Option(5.0, "--r-max", help="Cutoff of the stored neighbour lists, Å (= model.r_max)."),
+    species: Optional[str] = typer.Option(None, help="Comma-separated elements allowed (default: those in the data)."),
+    valid: str = typer.Option("0.1", help="Fraction of the inputs held out (seeded), or a file of valid structures."),
+    test: Optional[Path] = typer.Option(None, help="A file of test structures to store beside them."),
+    isolated_atoms: Optional[Path] = typer.Option(None, "--isolated-atoms", help="Isolated-atom energies (E0)."),
+    energy_key: str = typer.Option("energy", help="Energy key in the files."),
+    forces_key: str = typer.Option("forces", help="Forces key in the files."),
+    stress_key: str = typer.Option("stress", help="Stress key in the files."),
+    require: str = typer.Option("energy,forces", help="Labels every structure must have ('none' for none)."),
+    seed: int = typer.Option(0, help="Seed of the valid split (= training.seed gives the split training makes)."),
+    neighbours: bool = typer.Option(True, "--neighbours/--no-neighbours", help="Store neighbour lists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUTPUT."),
+) -> None:
+    """Read structures once, check them, and write one HDF5 dataset (with statistics) that
+    training streams from: data.train / data.valid / data.test accept it like a file."""
+    import time
+
+    from forcefield.data.store import preprocess as run_preprocess
+    from forcefield.errors import InputError
+
+    output = _output_file(output, "--output")
+    try:
+        valid_arg = float(valid)
+    except ValueError:
+        valid_arg = str(_expand(Path(valid)))
+    if isinstance(valid_arg, float) and not 0.0 <= valid_arg < 1.0:
+        raise InputError(f"--valid {valid}: a fraction must lie in [0, 1)")
+    t0 = time.perf_counter()
+    summary = run_preprocess(
+        [str(_expand(p)) for p in inputs],
+        output,
+        r_max=r_max,
+        species=None if species is None else [s.strip() for s in species.split(",") if s.strip()],
+        valid=valid_arg,
+        test=None if test is None else [str(_expand(test))],
+        isolated_atoms=None if isolated_atoms is None else str(_expand(isolated_atoms)),
+        energy_key=energy_key,
+        forces_key=forces_key,
+        stress_key=stress_key,
+        require=[] if require.strip() == "none" else [r.strip() for r in require.split(",") if r.strip()],
+        seed=seed,
+        neighbours=neighbours,
+        overwrite=overwrite,
+    )
+    dt = time.perf_counter() - t0
+    typer.echo(
+        f"{summary['structures']} structures ({summary['train']} train, {summary['valid']} valid, "
+        f"{summary['test']} test; {summary['atoms']} atoms, {summary['edges']} edges) in {dt:.1f} s "
+        f"({summary['structures'] / max(dt, 1e-9):.0f} structures/s)"
+    )
+    typer.echo(str(Path(summary["output"]).resolve()))
 
 
 @app.command()

@@ -9,7 +9,7 @@ Nothing in the file is ever unpickled: it holds numbers and JSON strings only.
 Layout (all structures of all inputs concatenated; `F` structures, `A` atoms, `E` edges)::
 
     attrs   format, version, species, r_max, keys, sources, first_seen, e0, statistics, ...
-    frames/atom_offset (F+1,) int64     frames/edge_offset (F+1,) int64
+    frames/atom_offset (F+1,) int64     frames/edge_offset (F+1,) int64 (edge counts: always)
     frames/cell (F,3,3) float64         frames/pbc (F,3) bool
     frames/energy (F,) float64          frames/stress (F,3,3) float64
     frames/flags (F,) uint8             bit 1 energy, 2 forces, 4 stress present
@@ -170,8 +170,8 @@ class _Writer:
         if self.neighbours:
             b["edges/pairs"].append(pairs)
             b["edges/cell_shift"].append(cell_shift)
-            self.n_edges += len(pairs)
-            self.edge_offset.append(self.n_edges)
+        self.n_edges += len(pairs)  # counted also when not stored (avg_num_neighbors)
+        self.edge_offset.append(self.n_edges)
         self.n_frames += 1
         if len(b["frames/flags"]) >= BUFFER_FRAMES:
             self.flush()
@@ -190,8 +190,7 @@ class _Writer:
     def close(self) -> None:
         self.flush()
         self.h5.create_dataset("frames/atom_offset", data=np.asarray(self.atom_offset, dtype=np.int64))
-        if self.neighbours:
-            self.h5.create_dataset("frames/edge_offset", data=np.asarray(self.edge_offset, dtype=np.int64))
+        self.h5.create_dataset("frames/edge_offset", data=np.asarray(self.edge_offset, dtype=np.int64))
 
 
 def _species_of(frames_species: Optional[Sequence[str]]) -> Optional[set]:
@@ -268,7 +267,7 @@ def preprocess(
                         continue
                     pairs, cell_shift = _check(frame, allowed, r_max, require, keys, first_seen)
                     split_ids[role].append(writer.n_frames)
-                    writer.add(frame, file_id, k, pairs if neighbours else None, cell_shift if neighbours else None)
+                    writer.add(frame, file_id, k, pairs, cell_shift)
                     count += 1
                     if progress is not None:
                         progress(writer.n_frames)
@@ -358,7 +357,7 @@ def _statistics(h5, train_idx: np.ndarray) -> DatasetStatistics:
     if len(train_idx) == 0:
         return stats
     ao = h5["frames/atom_offset"][:]
-    eo = h5["frames/edge_offset"][:] if "frames/edge_offset" in h5 else None
+    eo = h5["frames/edge_offset"][:]
     for lo in range(0, len(train_idx), BUFFER_FRAMES):
         idx = train_idx[lo : lo + BUFFER_FRAMES]
         a0, a1 = int(ao[idx[0]]), int(ao[idx[-1] + 1])
@@ -369,7 +368,7 @@ def _statistics(h5, train_idx: np.ndarray) -> DatasetStatistics:
         for i in idx:
             s, e = int(ao[i]) - a0, int(ao[i + 1]) - a0
             fl = int(flags[i - idx[0]])
-            n_edges = int(eo[i + 1] - eo[i]) if eo is not None else 0
+            n_edges = int(eo[i + 1] - eo[i])
             stats.add(
                 numbers[s:e].astype(np.int64),
                 float(energy[i - idx[0]]) if fl & ENERGY else None,
@@ -403,7 +402,8 @@ class StoredDataset:
                         f"({VERSION}); upgrade forcefield"
                     )
                 self.atom_offset = h5["frames/atom_offset"][:]
-                self.edge_offset = h5["frames/edge_offset"][:] if attrs["neighbours"] else None
+                self.edge_offset = h5["frames/edge_offset"][:]
+                self.neighbours = bool(attrs["neighbours"])
                 self.splits = {k: h5[f"split/{k}"][:] for k in ("train", "valid", "test")}
                 n = len(self.atom_offset) - 1
                 sizes = {
@@ -413,7 +413,7 @@ class StoredDataset:
                     "atoms/numbers": int(self.atom_offset[-1]),
                     "atoms/positions": int(self.atom_offset[-1]),
                 }
-                if self.edge_offset is not None:
+                if self.neighbours:
                     sizes["edges/pairs"] = int(self.edge_offset[-1])
                 for name, size in sizes.items():
                     if h5[name].shape[0] != size:
@@ -469,7 +469,7 @@ class StoredDataset:
                 "forces": h5["atoms/forces"][a0:a1] if flags & FORCES else None,
                 "stress": h5["frames/stress"][i] if flags & STRESS else None,
             }
-            if self.edge_offset is not None:
+            if self.neighbours:
                 e0, e1 = int(self.edge_offset[i]), int(self.edge_offset[i + 1])
                 out["pairs"] = h5["edges/pairs"][e0:e1]
                 out["cell_shift"] = h5["edges/cell_shift"][e0:e1]
