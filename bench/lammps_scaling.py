@@ -14,7 +14,7 @@ weights: the cost does not depend on them). Contenders:
 - `ours-portable` (--portable): this checkout's default model exported with
   `fused_ops=False` (`forcefield export --portable`): the message product in plain torch
   instead of the plugin's fused kernel (export/pair_style/channelwise_tp.cpp);
-- `baseline`: commit --baseline (default f0df4c6, issue 9's starting point), extracted with
+- `baseline`: commit --baseline (default f0df4c6, the pair style's first release), extracted with
   `git archive` into the work folder, its own plugin built from its own sources and its own
   export of its default model, run by the same LAMMPS.
 
@@ -198,7 +198,9 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 20 / 3 / 2 / 1 by size)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--nprocs", type=int, default=1, help="MPI ranks")
-    ap.add_argument("--baseline", default=None, help="git ref to compare against (issue 9's start: f0df4c6)")
+    ap.add_argument(
+        "--baseline", default=None, help="git ref to compare against (f0df4c6: the pair style's first release)"
+    )
     ap.add_argument(
         "--baseline-sizes", type=int, nargs="*", default=None, help="sizes for the baseline (default: --sizes)"
     )

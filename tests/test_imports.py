@@ -24,8 +24,8 @@ import forcefield
 
 EXPORT = "forcefield.export"
 MAY_IMPORT_EXPORT = ("forcefield.cli", "forcefield.demo", EXPORT)
-# modules kept only as an import alias of a module that moved (for callers this change may not
-# edit): exempt from the layer rule, but they may import nothing except their new home
+# modules kept only as an import alias of a module that moved (for callers outside this
+# repository): exempt from the layer rule, but they may import nothing except their new home
 ALIASES = {"forcefield.data.demo_data": "forcefield.demo.data"}  # tests/test_lammps_model.py
 FORBIDDEN = {
     "forcefield.data": (

@@ -2,7 +2,7 @@
 
 Uses a toy model with the exported-file interface (tests/toy_exported_model.py),
 so these tests do not depend on the real model. The plugin is built once per
-session (cached by build_plugin across sessions).
+test run (and cached by build_plugin between runs).
 """
 
 from __future__ import annotations
