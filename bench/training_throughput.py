@@ -60,12 +60,15 @@ def build(args, dens_on: bool):
 
 
 def make_stepper(args, graphs, dens_on: bool, seed: int):
-    """A function running one training step of a fresh setup (warmed up already)."""
+    """A function running one training step of a fresh setup (warmed up already): the
+    library's `train_step` on a batch made as the trainer makes it."""
     from forcefield.training.batches import make_batch
     from forcefield.training.config import DensConfig
-    from forcefield.training.loss import batch_loss
+    from forcefield.training.distributed import Distributed
+    from forcefield.training.step import StepContext, TrainModule, train_step
 
     model, encoder, head, opt, ema, params = build(args, dens_on)
+    ctx = StepContext.build(TrainModule(model, encoder, head), opt, Distributed(), ema, grad_clip=10.0)
     dens = DensConfig(enabled=True) if dens_on else None
     rng = np.random.default_rng(seed)
     weights = {"energy": 1.0, "forces": 10.0, "stress": 0.0}
@@ -74,12 +77,7 @@ def make_stepper(args, graphs, dens_on: bool, seed: int):
     def step():
         idx = rng.choice(len(graphs), size=args.batch_size, replace=False)
         batch = make_batch([graphs[i] for i in idx], species, model.r_max, model.dtype, args.device, rng, dens)
-        opt.zero_grad(set_to_none=True)
-        loss, _, _ = batch_loss(model, batch, weights, encoder, head, 5.0)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 10.0)
-        opt.step()
-        ema.update(model)
+        train_step(ctx, batch, weights, 5.0)
 
     for _ in range(args.warmup):
         step()

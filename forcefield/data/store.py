@@ -331,9 +331,10 @@ def _check(frame: Frame, allowed, r_max: float, require, keys, first_seen) -> tu
                 f"{path}: frame {idx} has no {name} (key '{keys[name + '_key']}') but {name}_weight > 0 "
                 f"(--require {','.join(require)})"
             )
-    for a, z in enumerate(frame.numbers):
-        sym = chemical_symbols[int(z)]
-        if allowed is not None and int(z) not in allowed:
+    for z in np.unique(frame.numbers).tolist():
+        sym = chemical_symbols[z]
+        if allowed is not None and z not in allowed:
+            a = int(np.argmax(frame.numbers == z))
             raise InputError(
                 f"{where}: atom {a} is element '{sym}', which is not in the model's species "
                 f"{[chemical_symbols[s] for s in sorted(allowed)]}"
