@@ -6,7 +6,7 @@ owner with the shift x_image - x_owner, as the Python graph of a periodic cell. 
 rank the model then gets exactly the N owned atoms; with several ranks the ghosts of
 atoms owned by other ranks stay nodes (no energy, their forces reverse-communicated).
 
-The real model (tests/test_lammps_model.py's tiny ForceField, float64, r_max 4, 2 layers)
+The real model (the tiny ForceField of tests/export/conftest.py, float64, r_max 4, 2 layers)
 on four periodic cells -- smaller than r_max (every atom its own neighbour many times
 over), triclinic, a slab periodic in x and y only, a single atom -- folded (with LAMMPS'
 atom map and with the pair style's own ID table) against unfolded and against
@@ -23,21 +23,20 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import lammps_utils as lu
 import numpy as np
 import pytest
-import test_lammps_model as tlm  # noqa: E402
 import torch
 from ase import Atoms
 from ase.neighborlist import neighbor_list
-from test_lammps_model import bulk_case, random_models  # noqa: E402,F401  (fixtures)
 from toy_exported_model import write_lammps_data  # noqa: E402
 
 from forcefield.export.lammps_runner import parse_thermo  # noqa: E402
 from forcefield.export.torchscript import load_exported  # noqa: E402
 
-SPECIES = tlm.SPECIES
-R_MAX = tlm.R_MAX
-NKTV2P_METAL = tlm.NKTV2P_METAL
+SPECIES = lu.SPECIES
+R_MAX = lu.R_MAX
+NKTV2P_METAL = lu.NKTV2P_METAL
 TOL = 1e-10
 
 
@@ -110,7 +109,7 @@ CASES = {"small_cell": small_cell, "triclinic": triclinic_cell, "slab": slab_cel
 
 def write_case(d: Path, atoms: Atoms) -> None:
     types = np.array([SPECIES.index(s) + 1 for s in atoms.get_chemical_symbols()])
-    write_lammps_data(d / "data.lmp", atoms.positions, types, tlm.lammps_cell(atoms), 2)
+    write_lammps_data(d / "data.lmp", atoms.positions, types, lu.lammps_cell(atoms), 2)
 
 
 def boundary(atoms: Atoms) -> str:
@@ -130,7 +129,7 @@ class Step0:
         self.energy = row["PotEng"]
         pvir = np.array([row[f"c_vir[{k}]"] for k in range(1, 7)])
         self.virial = pvir * row["Volume"] / NKTV2P_METAL
-        self.rows = tlm.read_dump(work / "f.dump")[0]
+        self.rows = lu.read_dump(work / "f.dump")[0]
         self.inputs: Dict[int, tuple] = {}
         for f in sorted(work.glob("in.pt*")):
             m = re.search(r"\.rank(\d+)$", f.name)
@@ -162,7 +161,7 @@ def run_step0(
     assert fold is not None or "FORCEFIELD_FOLD" not in os.environ, "unset FORCEFIELD_FOLD for these tests"
     work.mkdir(parents=True, exist_ok=True)
     (work / "data.lmp").write_bytes(data.read_bytes())
-    deck = tlm.header(plugin, model, boundary=boundary(atoms))
+    deck = lu.header(plugin, model, boundary=boundary(atoms))
     if not atom_map:
         assert "atom_modify map array\n" in deck
         deck = deck.replace("atom_modify map array\n", "")
@@ -177,8 +176,8 @@ run 0
     env = {"FORCEFIELD_DUMP_INPUTS": str(work / "in.pt"), **(extra_env or {})}
     if fold is not None:
         env["FORCEFIELD_FOLD"] = fold
-    proc = tlm.lammps_run(work, deck, plugin, np_=np_, mpirun=np_ > 1, extra_env=env)
-    return Step0(tlm.ok(proc), work)
+    proc = lu.lammps_run(work, deck, plugin, np_=np_, mpirun=np_ > 1, extra_env=env)
+    return Step0(lu.ok(proc), work)
 
 
 def assert_same(a: Step0, b: Step0, tol: float = TOL) -> None:
@@ -193,7 +192,7 @@ def assert_same(a: Step0, b: Step0, tol: float = TOL) -> None:
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def case_runs(request, random_models, plugin_path, tmp_path_factory):  # noqa: F811
+def case_runs(request, random_models, plugin_path, tmp_path_factory):
     """One cell: LAMMPS folded (LAMMPS' atom map / the pair style's ID table), unfolded,
     and ForceFieldCalculator."""
     name = request.param
@@ -206,7 +205,7 @@ def case_runs(request, random_models, plugin_path, tmp_path_factory):  # noqa: F
         "fold_nomap": run_step0(d / "fold_nomap", d / "data.lmp", plugin_path, model, atoms, atom_map=False),
         "unfold": run_step0(d / "unfold", d / "data.lmp", plugin_path, model, atoms, fold="0"),
     }
-    return name, atoms, runs, tlm.calc_results(model, atoms)
+    return name, atoms, runs, lu.calc_results(model, atoms)
 
 
 def test_folded_equals_unfolded(case_runs):
@@ -230,11 +229,11 @@ def test_folded_equals_calculator(case_runs):
         np.testing.assert_allclose(r.forces, ref["forces"], rtol=0, atol=TOL)
         np.testing.assert_allclose(r.energies, ref["energies"], rtol=0, atol=TOL)
         if "stress" in ref:  # ASE stress = -W / V (xx yy zz yz xz xy)
-            w = -ref["stress"][tlm.VOIGT_ASE_TO_LAMMPS] * atoms.get_volume()
+            w = -ref["stress"][lu.VOIGT_ASE_TO_LAMMPS] * atoms.get_volume()
             np.testing.assert_allclose(r.virial, w, rtol=0, atol=TOL)
 
 
-def test_folded_inputs_are_the_periodic_graph(case_runs, random_models):  # noqa: F811
+def test_folded_inputs_are_the_periodic_graph(case_runs, random_models):
     """On one rank the model gets exactly the N owned atoms, the periodic graph's edges
     (one per pair within r_max and lattice shift) and lattice-vector shifts."""
     name, atoms, runs, _ = case_runs
@@ -272,7 +271,7 @@ def test_folded_inputs_are_the_periodic_graph(case_runs, random_models):  # noqa
     print(f"{name}: atoms sent per owned atom {sent['unfold']:.2f} unfolded, {sent['fold_map']:.2f} folded")
 
 
-def test_fold_keyword_and_env(random_models, plugin_path, tmp_path):  # noqa: F811
+def test_fold_keyword_and_env(random_models, plugin_path, tmp_path):
     """`fold no` in pair_style wins over FORCEFIELD_FOLD=1; a bad value is an error."""
     atoms = one_atom_cell()
     write_case(tmp_path, atoms)
@@ -290,12 +289,12 @@ def test_fold_keyword_and_env(random_models, plugin_path, tmp_path):  # noqa: F8
         work = tmp_path / f"bad{len(msg)}"
         work.mkdir()
         (work / "data.lmp").write_bytes((tmp_path / "data.lmp").read_bytes())
-        deck = tlm.header(plugin_path, model).replace(" device cpu\n", f" device cpu {extra}\n") + "run 0\n"
-        proc = tlm.lammps_run(work, deck, plugin_path, extra_env=env)
+        deck = lu.header(plugin_path, model).replace(" device cpu\n", f" device cpu {extra}\n") + "run 0\n"
+        proc = lu.lammps_run(work, deck, plugin_path, extra_env=env)
         assert proc.returncode == 1 and "ERROR" in proc.stdout and msg in proc.stdout, proc.stdout[-3000:]
 
 
-def test_float32_folded(random_models, plugin_path, tmp_path):  # noqa: F811
+def test_float32_folded(random_models, plugin_path, tmp_path):
     """float32: folded and unfolded agree to float32 round-off (shifts in float32)."""
     atoms = small_cell()
     write_case(tmp_path, atoms)
@@ -329,7 +328,7 @@ def _match(frac: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module", params=["bulk108", "small_cell"])
-def mpi_case(request, bulk_case, random_models, plugin_path, tmp_path_factory):  # noqa: F811
+def mpi_case(request, bulk_case, random_models, plugin_path, tmp_path_factory):
     """Step 0 under mpirun -np 1, 2, 4 folded and -np 2, 4 unfolded (processors chosen
     by LAMMPS: the 4-atom cell's subdomains are much thinner than the ghost shell, so
     images of a rank's own atoms also come back through other ranks)."""

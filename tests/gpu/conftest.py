@@ -8,13 +8,12 @@ compare two CPU runs, the LAMMPS ones the pair style's device path, forced on CP
 FORCEFIELD_DEVICE_PATH=1, against its CPU path), =cuda makes a missing GPU an error instead
 of a skip (what bench/gpu.sh does on a GPU machine).
 
-The LAMMPS helpers are the ones of tests/export/test_lammps_model.py (loaded from that file,
-so that both test files drive LAMMPS the same way).
+The LAMMPS helpers are those of tests/lammps_utils.py, shared with tests/export/test_lammps_*.py,
+so that these tests drive LAMMPS the same way.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Dict
@@ -23,7 +22,6 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from paths import TESTS
 
 
 def requested_device() -> str:
@@ -39,11 +37,10 @@ def device() -> str:
 
 
 def load_lammps_helpers():
-    """tests/export/test_lammps_model.py as a module of its own (its helpers and constants)."""
-    spec = importlib.util.spec_from_file_location("gpu_lammps_helpers", TESTS / "export" / "test_lammps_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The LAMMPS helpers and constants of tests/lammps_utils.py (a module, not a test file)."""
+    import lammps_utils
+
+    return lammps_utils
 
 
 @pytest.fixture(scope="session")

@@ -11,12 +11,27 @@ import numpy as np
 import pytest
 import torch
 from e3nn import o3
-from model_utils import evaluate, make_model, molecule, one_thread, random_rotation, rel_err, triclinic_cell  # noqa: F401
+from model_utils import (  # noqa: F401  (one_thread: autouse fixture)
+    evaluate,
+    float64_default,
+    make_model,
+    molecule,
+    one_thread,
+    random_rotation,
+    rel_err,
+    triclinic_cell,
+)
 
 from forcefield.model.forcefield import hidden_irreps
 from forcefield.model.product import ProductBasis
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """The blocks' e3nn constants and the tests' random tensors in float64; torch's default
+    dtype is given back after each test (never changed at import time)."""
+    with float64_default():
+        yield
 
 
 def _random_block(correlation: int, out_lmax: int, channels: int = 3, seed: int = 0) -> ProductBasis:

@@ -1,0 +1,102 @@
+"""Helpers and fixtures of the LAMMPS tests with a real exported model
+(tests/export/test_lammps_model.py, tests/export/test_lammps_folding.py): running a deck,
+reading dumps, the calculator's reference results. Their fixtures (random_models,
+bulk_case) are in tests/export/conftest.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+from ase import Atoms
+
+from forcefield.calculator import ForceFieldCalculator
+from forcefield.export import plugin as ffplugin
+from forcefield.export.lammps_runner import parse_thermo  # noqa: F401  (for the tests that take this module)
+
+SPECIES = ["Cu", "Au"]
+MASSES = {"Cu": 63.546, "Au": 196.96657}
+R_MAX = 4.0
+NKTV2P_METAL = 1.6021765e6  # LAMMPS metal units: pressure (bar) = nktv2p * eV/A^3
+VOIGT_ASE_TO_LAMMPS = [0, 1, 2, 5, 4, 3]  # ASE xx yy zz yz xz xy -> LAMMPS xx yy zz xy xz yz
+
+
+def lammps_run(
+    workdir: Path,
+    deck: str,
+    plugin: Path,
+    np_: int = 1,
+    mpirun: bool = False,
+    timeout: float = 600,
+    extra_env: Optional[Dict[str, str]] = None,
+) -> subprocess.CompletedProcess:
+    """Run `deck` in `workdir` (under mpirun when np_ > 1 or mpirun); stdout+stderr in .stdout."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "in.lammps").write_text(deck)
+    env = {**os.environ, **ffplugin.lammps_env(plugin), "OMP_NUM_THREADS": "1"}
+    env.pop("LAMMPS_PLUGIN_PATH", None)  # the deck loads the plugin explicitly
+    env.pop("FORCEFIELD_DUMP_INPUTS", None)
+    env.update(extra_env or {})
+    cmd = [ffplugin.lmp_executable(), "-in", "in.lammps", "-log", "log.lammps", "-nocite"]
+    if np_ > 1 or mpirun:
+        cmd = [ffplugin.mpirun_executable(), "-np", str(np_)] + cmd
+    return subprocess.run(
+        cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout
+    )
+
+
+def header(plugin: Path, model: Path, data: str = "data.lmp", boundary: str = "p p p", elements: str = "Cu Au") -> str:
+    masses = "\n".join(f"mass {k + 1} {MASSES[s]}" for k, s in enumerate(elements.split()))
+    return f"""units metal
+atom_style atomic
+atom_modify map array
+newton on
+boundary {boundary}
+read_data {data}
+{masses}
+plugin load {plugin}
+pair_style forcefield {model} device cpu
+pair_coeff * * {elements}
+compute pea all pe/atom
+compute vir all pressure NULL virial
+"""
+
+
+def read_dump(path: Path) -> Dict[int, np.ndarray]:
+    """{timestep: rows} of a `dump custom` file (rows sorted by id, columns as dumped)."""
+    lines = path.read_text().splitlines()
+    out: Dict[int, np.ndarray] = {}
+    k = 0
+    while k < len(lines):
+        assert lines[k].startswith("ITEM: TIMESTEP"), lines[k]
+        step = int(lines[k + 1])
+        n = int(lines[k + 3])
+        start = k + 9  # TIMESTEP, step, NUMBER, n, BOX (+3 or 4 lines), ATOMS header
+        while not lines[start - 1].startswith("ITEM: ATOMS"):
+            start += 1
+        out[step] = np.array([[float(v) for v in line.split()] for line in lines[start : start + n]])
+        k = start + n
+    return out
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return proc.stdout
+
+
+def lammps_cell(atoms: Atoms) -> np.ndarray:
+    cell = atoms.cell.array
+    assert abs(cell[0, 1]) + abs(cell[0, 2]) + abs(cell[1, 2]) == 0.0, "cell must be lower-triangular"
+    return cell
+
+
+def calc_results(model: Path, atoms: Atoms) -> Dict[str, np.ndarray]:
+    a = atoms.copy()
+    a.calc = ForceFieldCalculator(model)
+    res = {"energy": a.get_potential_energy(), "forces": a.get_forces(), "energies": a.get_potential_energies()}
+    if a.pbc.all():
+        res["stress"] = a.get_stress()
+    return res
