@@ -205,7 +205,12 @@ def collate(
     """Concatenate graphs into one batch (edge indices offset, `batch` maps atom -> graph)."""
     offsets = np.cumsum([0] + [g.num_atoms for g in graphs])
     n_graphs = len(graphs)
-    t = lambda a, dt=dtype: torch.as_tensor(np.asarray(a), dtype=dt, device=device)  # noqa: E731
+    if torch.device(device).type == "cuda":
+        # through pinned host memory, so the copies to the GPU are asynchronous
+        def t(a, dt=dtype):
+            return torch.as_tensor(np.asarray(a), dtype=dt).pin_memory().to(device, non_blocking=True)
+    else:
+        t = lambda a, dt=dtype: torch.as_tensor(np.asarray(a), dtype=dt, device=device)  # noqa: E731
     out: Dict[str, torch.Tensor] = {
         "pos": t(np.concatenate([g.positions for g in graphs])),
         "species": t(np.concatenate([g.species for g in graphs]), torch.long),
