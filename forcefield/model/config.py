@@ -23,7 +23,7 @@ class SwitchConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
+    enabled: bool = Field(True, description="fade the energy of isolated atoms to E0")
     tau: float = Field(0.1, gt=0, description="softness of the minimum, Å")
     r_on: Optional[float] = Field(None, ge=0, description="d_i below which s_i = 1 (Å); default 0.75 r_max")
     r_off: Optional[float] = Field(None, gt=0, description="d_i above which s_i = 0 (Å); default r_max")
@@ -36,9 +36,9 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     species: List[str] = Field(..., min_length=1, description="element symbols, in model order")
     r_max: float = Field(5.0, gt=0, description="cutoff radius, Å")
-    num_layers: int = Field(2, ge=1)
+    num_layers: int = Field(2, ge=1, description="interaction blocks (LAMMPS ghost shell = num_layers * r_max)")
     channels: int = Field(32, ge=1, description="multiplicity of every irrep in the hidden features")
-    lmax: int = Field(2, ge=0, le=4)
+    lmax: int = Field(2, ge=0, le=4, description="highest l of the hidden features and spherical harmonics")
     correlation: int = Field(
         3,
         ge=1,
@@ -48,8 +48,10 @@ class ModelConfig(BaseModel):
     )
     num_basis: int = Field(8, ge=1, description="Bessel radial basis functions")
     radial_hidden: int = Field(64, ge=1, description="width of the radial MLP")
-    dtype: Literal["float32", "float64"] = "float32"
-    switch: SwitchConfig = Field(default_factory=SwitchConfig)
+    dtype: Literal["float32", "float64"] = Field("float32", description="float32 or float64 (whole model)")
+    switch: SwitchConfig = Field(
+        default_factory=SwitchConfig, description="smooth-min isolation switch: energy -> E0 for isolated atoms"
+    )
 
     @field_validator("species")
     @classmethod

@@ -29,11 +29,11 @@ class DataConfig(BaseModel):
         description="a file or dataset, or the fraction of train held out "
         "(a preprocessed train dataset with a valid split uses that split unless this is set)",
     )
-    test: Optional[str] = None
+    test: Optional[str] = Field(None, description="optional file or dataset, evaluated at the end")
     isolated_atoms: Optional[str] = Field(None, description="file with isolated-atom energies (E0)")
-    energy_key: str = "energy"
-    forces_key: str = "forces"
-    stress_key: str = "stress"
+    energy_key: str = Field("energy", description="looked up in atoms.info / arrays or the attached calculator")
+    forces_key: str = Field("forces", description="forces key, eV/Å")
+    stress_key: str = Field("stress", description="stress key, eV/Å^3, ASE sign convention")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes reading batches (0: the main process)")
     valid_max: Optional[int] = Field(
         None, ge=1, description="validate on this many structures (a fixed, seeded choice)"
@@ -48,7 +48,7 @@ class DensConfig(BaseModel):
     are in bench/README.md."""
 
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = False
+    enabled: bool = Field(False, description="off by default; true = denoising-only (bench/README.md)")
     prob: float = Field(0.25, ge=0, le=1, description="fraction of structures that become DeNS samples")
     corrupt_ratio: float = Field(0.25, gt=0, le=1, description="fraction of atoms displaced in a DeNS sample")
     std: float = Field(0.05, gt=0, description="noise std, Å")
@@ -72,7 +72,7 @@ class FinalStageConfig(BaseModel):
     """A last stage with other loss weights (MACE's 'SWA' stage raises the energy weight)."""
 
     model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
+    enabled: bool = Field(True, description="use a final stage")
     start: float = Field(
         0.8,
         gt=0,
@@ -88,14 +88,16 @@ class FinalStageConfig(BaseModel):
 
 class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_epochs: int = Field(100, ge=1)
+    max_epochs: int = Field(100, ge=1, description="budget in epochs; with max_time, whichever ends first")
     max_time: Optional[float] = Field(None, gt=0, description="wall-time budget in seconds")
-    batch_size: int = Field(5, ge=1)
-    lr: float = Field(1e-2, gt=0)
-    optimizer: Literal["adam", "adamw"] = "adam"
-    amsgrad: bool = True
-    weight_decay: float = Field(0.0, ge=0)
-    scheduler: Literal["plateau", "cosine", "none"] = "plateau"
+    batch_size: int = Field(5, ge=1, description="global: under torchrun the processes share each batch")
+    lr: float = Field(1e-2, gt=0, description="learning rate after warm-up")
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="adam | adamw")
+    amsgrad: bool = Field(True, description="AMSGrad variant of Adam")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay (adamw: decoupled)")
+    scheduler: Literal["plateau", "cosine", "none"] = Field(
+        "plateau", description="plateau | cosine (sized from max_epochs / max_time) | none"
+    )
     warmup_steps: int = Field(100, ge=0, description="optimizer steps of linear LR warm-up")
     patience_steps: int = Field(
         1000,
@@ -103,17 +105,17 @@ class TrainingConfig(BaseModel):
         description="optimizer steps without validation improvement "
         "before the plateau LR drops (and, at the floor, before stopping)",
     )
-    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    plateau_factor: float = Field(0.5, gt=0, lt=1, description="LR factor at each plateau")
     lr_min_ratio: float = Field(0.01, gt=0, le=1, description="LR floor as a fraction of the stage's LR")
     early_stop: bool = Field(True, description="stop when validation no longer improves at the LR floor")
     final_stage: FinalStageConfig = Field(default_factory=FinalStageConfig)
     ema_decay: Optional[float] = Field(0.99, ge=0, lt=1, description="null disables EMA")
-    grad_clip: Optional[float] = Field(10.0, gt=0)
-    seed: int = 0
-    device: Literal["cpu", "cuda", "auto"] = "auto"
-    energy_weight: float = Field(1.0, ge=0)
-    forces_weight: float = Field(100.0, ge=0)
-    stress_weight: float = Field(1.0, ge=0)
+    grad_clip: Optional[float] = Field(10.0, gt=0, description="gradient-norm clipping; null: off")
+    seed: int = Field(0, description="seeds the split, shuffling, DeNS and the initial weights")
+    device: Literal["cpu", "cuda", "auto"] = Field("auto", description="cpu | cuda | auto")
+    energy_weight: float = Field(1.0, ge=0, description="loss weight of the energy per atom (units of the scale)")
+    forces_weight: float = Field(100.0, ge=0, description="loss weight of the forces")
+    stress_weight: float = Field(1.0, ge=0, description="loss weight of the stress")
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's)")
     valid_every: Optional[int] = Field(
         1000, ge=1, description="also validate (and checkpoint) every this many optimizer steps inside an epoch"
@@ -189,85 +191,56 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
-TEMPLATE = """\
-# forcefield training config. Print with `forcefield template`; train with
-# `forcefield train this.yaml --output run/`. Unknown keys are errors.
-data:
-  train: train.xyz            # extxyz or anything ase.io reads
-  valid: 0.1                  # a file, or the fraction of train held out (seeded)
-  test: null                  # optional file, evaluated at the end
-  isolated_atoms: null        # optional file of single atoms (config_type=isolated_atom): E0
-  energy_key: energy          # looked up in atoms.info / arrays or the attached calculator
-  forces_key: forces
-  stress_key: stress          # eV/Å^3, ASE sign convention
-  num_workers: 0              # DataLoader processes reading batches (0: the main process)
-  valid_max: null             # validate on at most this many structures (seeded choice)
+# example values of the required keys, and a note per section (the keys' comments are the
+# fields' descriptions: the template cannot drift from the defaults)
+TEMPLATE_EXAMPLES = {("data", "train"): "train.xyz", ("model", "species"): ["Cu", "Au"]}
+SECTION_NOTES = {
+    "normalization": "numbers fitted to the training set unless given here",
+    "dens": "denoising non-equilibrium structures (training only); off by default (bench/README.md)",
+    "training": "defaults chosen on rMD17 ethanol, 50 structures (bench/README.md)",
+}
+COMMENT_COLUMN = 30
 
-model:
-  species: [Cu, Au]           # element symbols, in model order
-  r_max: 5.0                  # cutoff, Å
-  num_layers: 2               # interaction blocks (LAMMPS ghost shell = num_layers * r_max)
-  channels: 32                # multiplicity of each irrep
-  lmax: 2                     # highest l of the hidden features and spherical harmonics
-  correlation: 3              # body order of the node update (products of up to 3 messages); 1 = two-body
-  num_basis: 8                # Bessel radial functions
-  radial_hidden: 64           # width of the radial MLP
-  dtype: float32              # float32 or float64 (whole model)
-  switch:                     # smooth-min isolation switch: energy -> E0 for isolated atoms
-    enabled: true
-    tau: 0.1                  # softness of the minimum, Å
-    r_on: null                # s = 1 below this soft-min distance (default 0.75 r_max)
-    r_off: null               # s = 0 above it (default r_max)
 
-normalization:                # numbers fitted to the training set unless given here
-  e0: null                    # {symbol: eV} isolated-atom energies; null = from isolated atoms
-                              # in data.isolated_atoms / data.train, else E0 = shift
-  shift: null                 # {symbol: eV} per-species energy shift; null = least-squares fit
-  scale: null                 # eV; null = force RMS of the training set
-  avg_num_neighbors: null     # null = training-set average within r_max
+def _yaml_value(value) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
 
-dens:                         # denoising non-equilibrium structures (training only)
-  enabled: false              # off by default: see bench/README.md (it did not beat plain
-                              # training on ethanol at our budgets); true = denoising-only
-  prob: 0.25                  # fraction of structures that become DeNS samples
-  corrupt_ratio: 0.25         # fraction of their atoms displaced
-  std: 0.05                   # Gaussian noise std, Å
-  std_range: null             # [lo, hi]: per-structure std drawn log-uniformly instead
-  coefficient: 5.0            # weight of the noise-prediction loss
-  energy_loss: false          # true: energy loss of DeNS samples against the original energy
-  uncorrupted_force_loss: false  # true: force loss on their undisplaced atoms (paper's regime)
-  decay: true                 # coefficient decays linearly to 0 over training
-  end: 1.0                    # fraction of the budget after which DeNS stops (decay reaches 0 there)
 
-training:                     # defaults chosen on rMD17 ethanol, 50 structures: bench/README.md
-  max_epochs: 100
-  max_time: null              # wall-time budget of the training loop, seconds; both limits apply
-  batch_size: 5               # global: under torchrun the N processes share each batch
-  lr: 0.01
-  optimizer: adam             # adam | adamw
-  amsgrad: true
-  weight_decay: 0.0
-  scheduler: plateau          # plateau | cosine (sized from max_epochs / max_time) | none
-  warmup_steps: 100           # linear LR warm-up, optimizer steps
-  patience_steps: 1000        # steps without validation improvement before the LR drops;
-                              # counted in steps, not epochs, so it suits 50 or 50 000 structures
-  plateau_factor: 0.5
-  lr_min_ratio: 0.01          # LR floor = lr * this
-  early_stop: true            # stop once validation stops improving at the LR floor
-  final_stage:                # last stage with other loss weights (MACE-style energy stage)
-    enabled: true
-    start: 0.8                # fraction of the budget, or earlier when stage 1 has converged
-    energy_weight: 100.0      # null = keep training.energy_weight
-    forces_weight: 10.0       # null = keep training.forces_weight
-    stress_weight: null
-    lr: null                  # LR at the start of the stage (null = 0.1 lr)
-  ema_decay: 0.99             # exponential moving average of weights; null = off
-  grad_clip: 10.0
-  seed: 0
-  device: auto                # cpu | cuda | auto
-  energy_weight: 1.0          # loss weights (energies per atom, forces, stress; in units of the scale)
-  forces_weight: 100.0
-  stress_weight: 1.0
-  num_threads: null
-  valid_every: 1000           # also validate + checkpoint every N optimizer steps inside an epoch
-"""
+def _template_lines(model: type, path: tuple, indent: str) -> list:
+    lines = []
+    for name, field in model.model_fields.items():
+        key = path + (name,)
+        sub = (
+            field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        )
+        note = field.description or (
+            SECTION_NOTES.get(name) if not path else (sub.__doc__ or "").strip().split("\n")[0] if sub else None
+        )
+        if sub is not None:
+            head = f"{indent}{name}:"
+            lines.append(f"{head:<{COMMENT_COLUMN - 1}} # {note}" if note else head)
+            lines += _template_lines(sub, key, indent + "  ")
+            continue
+        value = TEMPLATE_EXAMPLES.get(key, field.default)
+        head = f"{indent}{name}: {_yaml_value(value)}"
+        lines.append(f"{head:<{COMMENT_COLUMN - 1}} # {note}" if note else head)
+    return lines
+
+
+def render_template() -> str:
+    """The commented default config (`forcefield template`), made from the pydantic fields:
+    every key with its default and description."""
+    lines = [
+        "# forcefield training config. Print with `forcefield template`; train with",
+        "# `forcefield train this.yaml --output run/`. Unknown keys are errors.",
+    ]
+    for name, field in Config.model_fields.items():
+        lines.append("")
+        note = SECTION_NOTES.get(name)
+        lines.append(f"{name + ':':<{COMMENT_COLUMN - 1}} # {note}" if note else f"{name}:")
+        lines += _template_lines(field.annotation, (name,), "  ")
+    return "\n".join(lines) + "\n"
+
+
+TEMPLATE = render_template()
