@@ -20,8 +20,8 @@ The convention, for whoever edits these files:
   minutes, cluster launchers); REASON must say why. The marker shows in the raw file.
 - Any other block, e.g. one without a language, fails the tests: run it, or mark it.
 
-The markers are HTML comments on the last non-blank line before the opening fence, so
-they do not show on the rendered page. The run takes about a minute (training, export and
+The markers are HTML comments on the last non-blank line before the opening fence (```
+or ~~~, indented too, as in a list item), so they do not show on the rendered page. The run takes about a minute (training, export and
 LAMMPS of tiny models, the plugin build is cached).
 """
 
@@ -62,7 +62,7 @@ forcefield() {
 }
 """
 
-FENCE = re.compile(r"^```\s*([\w+-]*)\s*$")
+FENCE = re.compile(r"^(\s*)(```|~~~)\s*([\w+-]*)\s*$")
 MARKER = re.compile(r"^<!--\s*(not run|file)\b(.*?)-->\s*$")
 
 
@@ -85,12 +85,12 @@ def parse_blocks(text: str, name: str) -> List[Block]:
         if not m:
             i += 1
             continue
-        start, body = i, []
+        start, body, indent, fence = i, [], len(m.group(1)), m.group(2)
         i += 1
-        while i < len(lines) and not lines[i].startswith("```"):
-            body.append(lines[i])
+        while i < len(lines) and not lines[i].strip().startswith(fence):
+            body.append(lines[i][indent:] if lines[i][:indent].isspace() else lines[i].lstrip())
             i += 1
-        block = Block(f"{name}:{start + 1}", m.group(1).lower(), "\n".join(body) + "\n")
+        block = Block(f"{name}:{start + 1}", m.group(3).lower(), "\n".join(body) + "\n")
         before = next((line.strip() for line in reversed(lines[:start]) if line.strip()), "")
         mk = MARKER.match(before)
         if mk:
@@ -158,13 +158,20 @@ def test_unmarked_or_badly_marked_blocks_are_refused():
             "```text",  # 17: a language that does not run
             "hello",
             "```",
+            "- a list item:",
+            "  ```",  # 21: indented, no language
+            "  units metal",
+            "  ```",
+            "~~~",  # 24: tildes
+            "units metal",
+            "~~~",
         ]
     )
     found = problems(parse_blocks(text, "X.md"))
-    assert [p.split(":")[1] for p in found] == ["1", "5", "10", "14", "17"], found
+    assert [p.split(":")[1] for p in found] == ["1", "5", "10", "14", "17", "21", "24"], found
     fine = "<!-- not run: installs packages -->\n```bash\npip install x\n```\n"
     fine += "<!-- file: in.lammps -->\n```\nunits metal\n```\n```bash\nlmp -in in.lammps\n```\n"
-    fine += "```python\nprint(1)\n```\n"
+    fine += "```python\nprint(1)\n```\n- in a list:\n\n  ```bash\n  echo indented\n  ```\n"
     assert problems(parse_blocks(fine, "Y.md")) == []
 
 
