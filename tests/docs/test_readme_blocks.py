@@ -46,7 +46,7 @@ PYTHON = {"python", "py"}
 # what `forcefield template` in a shell block changes in the template it prints
 TINY = {
     "model": {"channels": 4, "lmax": 1, "num_basis": 4, "radial_hidden": 8},
-    "training": {"max_epochs": 2, "batch_size": 4, "device": "cpu", "num_threads": 1},
+    "training": {"max_epochs": 1, "batch_size": 4, "device": "cpu", "num_threads": 1},
 }
 SHRINK = f"""
 import sys, yaml
@@ -231,7 +231,8 @@ def run_block(block: Block, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.lammps
 @pytest.mark.parametrize("readme", READMES)
-def test_readme_blocks_run(readme, starting_files, tmp_path):
+def test_readme_blocks_run(readme, starting_files, plugin_path, tmp_path):
+    """plugin_path: the plugin built (once, cached) before the blocks ask for it."""
     blocks = parse_blocks((ROOT / readme).read_text(), readme)
     assert problems(blocks) == []
     for f in starting_files.iterdir():
