@@ -105,11 +105,11 @@ def ours_model(correlation: int = 3):
     ).eval()
 
 
-def ours_step(atoms, model=None) -> Step:
+def ours_step(atoms, model=None, device: str = "cpu") -> Step:
     from forcefield.data.graph import atoms_to_graph, collate
 
-    model = model or ours_model()
-    b = collate([atoms_to_graph(atoms, model.species, model.r_max)], dtype=torch.float32)
+    model = (model or ours_model()).to(device)
+    b = collate([atoms_to_graph(atoms, model.species, model.r_max)], dtype=torch.float32, device=device)
 
     def step():
         out = model(
@@ -152,7 +152,7 @@ def ours_script_step(atoms) -> Step:
 
 
 # ---------------------------------------------------------------- MACE
-def mace_step(atoms) -> Step:
+def mace_step(atoms, device: str = "cpu") -> Step:
     torch.set_default_dtype(torch.float32)
     torch.manual_seed(0)
     z_table = mace_tools.AtomicNumberTable([29])
@@ -178,10 +178,11 @@ def mace_step(atoms) -> Step:
         atomic_inter_scale=1.0,
         atomic_inter_shift=0.0,
     ).eval()
+    model = model.to(device)
     config = mace_data.config_from_atoms(atoms, key_specification=mace_data.KeySpecification())
     graph = mace_data.AtomicData.from_config(config, z_table=z_table, cutoff=R_MAX, heads=["Default"])
     loader = mace_tg.dataloader.DataLoader([graph], batch_size=1, shuffle=False, drop_last=False)
-    data = next(iter(loader)).to_dict()
+    data = {k: v.to(device) if torch.is_tensor(v) else v for k, v in next(iter(loader)).to_dict().items()}
 
     def step():
         out = model(data, training=False, compute_force=True, compute_stress=False)

@@ -210,7 +210,9 @@ def time_model(module, inputs, calls: int, warmup: int = 3) -> Tuple[float, floa
 # --------------------------------------------------------------------------- LAMMPS
 
 
-def lammps_deck(model: Path, warmup: int, steps: int, skin: float, rebuild_every_step: bool = False) -> str:
+def lammps_deck(
+    model: Path, warmup: int, steps: int, skin: float, rebuild_every_step: bool = False, device: str = "cpu"
+) -> str:
     masses = "\n".join(f"mass {k + 1} {MASSES[s]}" for k, s in enumerate(SPECIES))
     return f"""units metal
 atom_style atomic
@@ -218,7 +220,7 @@ newton on
 boundary p p p
 read_data data.lmp
 {masses}
-pair_style forcefield {model} device cpu
+pair_style forcefield {model} device {device}
 pair_coeff * * {" ".join(SPECIES)}
 neighbor {skin} bin
 neigh_modify every 1 delay 0 check {"no" if rebuild_every_step else "yes"}
