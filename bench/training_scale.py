@@ -61,7 +61,7 @@ def child(argv) -> None:
     t0 = time.perf_counter()
     out = {}
     if mode == "preprocess":
-        from forcefield.data.store import preprocess
+        from forcefield.data.preprocess import preprocess
 
         src, dst = argv[1], argv[2]
         s = preprocess([src], dst, r_max=MODEL["r_max"], species=["Si"], valid=0.05, overwrite=True)

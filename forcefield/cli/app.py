@@ -182,7 +182,7 @@ def preprocess(
     training streams from: data.train / data.valid / data.test accept it like a file."""
     import time
 
-    from forcefield.data.store import preprocess as run_preprocess
+    from forcefield.data.preprocess import preprocess as run_preprocess
     from forcefield.errors import InputError
 
     output = _output_file(output, "--output")

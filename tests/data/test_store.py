@@ -15,7 +15,8 @@ from ase import Atoms
 from paths import DATASETS
 from training_helpers import ETHANOL_E0, SPECIES, tiny_config, write_ethanol
 
-from forcefield.data.store import StoredDataset, preprocess
+from forcefield.data.preprocess import preprocess
+from forcefield.data.store import StoredDataset
 from forcefield.errors import InputError
 from forcefield.model.serialization import read_checkpoint
 from forcefield.training.config import load_config
