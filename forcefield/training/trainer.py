@@ -145,11 +145,14 @@ class Trainer:
         pick = np.sort(np.random.default_rng([self.cfg.training.seed, 2]).permutation(len(source))[:n_max])
         return source.subset(pick)
 
-    def _epoch_batches(self, epoch: int) -> List[np.ndarray]:
+    def _epoch_batches(self, epoch: int, order=None) -> List[np.ndarray]:
         """The global batches of `epoch` (indices into the train source). Under W processes a
-        last batch with fewer than W structures is dropped (every rank needs one)."""
+        last batch with fewer than W structures is dropped (every rank needs one). `order`:
+        the one a checkpoint of the previous version stored inside an epoch."""
         n, bs, w = len(self.train_data), self.cfg.training.batch_size, self.dist.world
-        order = np.random.default_rng([self.cfg.training.seed, epoch]).permutation(n)
+        if order is None:
+            order = np.random.default_rng([self.cfg.training.seed, epoch]).permutation(n)
+        order = np.asarray(order, dtype=np.int64)
         batches = [order[k : k + bs] for k in range(0, n, bs)]
         if batches and len(batches[-1]) < w:
             batches.pop()
@@ -200,10 +203,6 @@ class Trainer:
         self.epoch, self.best, self.rows = ckpt["epoch"], ckpt["best"], list(ckpt["rows"])
         self.elapsed = ckpt.get("elapsed", 0.0)
         self.epoch_state = ckpt.get("epoch_state")
-        if self.epoch_state is not None and "order" in self.epoch_state:
-            raise InputError(
-                f"{self.out / 'last.ckpt'}: stopped inside an epoch by an older forcefield; resume it there"
-            )
         self.since_valid = int(ckpt.get("since_valid", 0))
 
     def _save(self, best: bool) -> None:
@@ -218,7 +217,7 @@ class Trainer:
             state = {"next": 0, "sums": {}, "counts": {}, "coef": 0.0}
         else:
             state, self.epoch_state = self.epoch_state, None
-        batches = self._epoch_batches(self.epoch)
+        batches = self._epoch_batches(self.epoch, state.get("order"))
         sums, counts = state["sums"], state["counts"]  # a part (dens, stress) is averaged over the batches that have it
         self.model.train()
         t_last = time.perf_counter()
