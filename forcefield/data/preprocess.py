@@ -14,7 +14,7 @@ import numpy as np
 from forcefield.data.cell import check_cell
 from forcefield.data.frames import Frame, frame_location, is_isolated_atom
 from forcefield.data.graph import check_distances, neighbour_list_with_cell_shifts
-from forcefield.data.split import train_valid_split
+from forcefield.data.split import E0Collector, train_valid_split
 from forcefield.data.store import BUFFER_FRAMES, ENERGY, FORCES, FORMAT, LABEL_BITS, STRESS, VERSION, _statistics
 from forcefield.errors import InputError
 
@@ -47,37 +47,6 @@ def iter_frames(path: str, energy_key: str, forces_key: str, stress_key: str) ->
         i += 1
     if i == 0:
         raise InputError(f"{path}: contains no structures")
-
-
-class _E0:
-    """Isolated-atom energies met while streaming (`split.extract_e0`'s checks)."""
-
-    def __init__(self, energy_key: str):
-        self.energy_key = energy_key
-        self.values: Dict[str, float] = {}
-        self.where: Dict[str, str] = {}
-
-    def add(self, frame: Frame, atol: float = 1e-6) -> None:
-        from ase.data import chemical_symbols
-
-        where = frame_location(frame)
-        if len(frame.numbers) != 1:
-            raise InputError(
-                f"{where}: config_type '{frame.config_type}' marks an isolated atom "
-                f"but the structure has {len(frame.numbers)} atoms"
-            )
-        if frame.energy is None:
-            raise InputError(f"{where}: isolated atom has no energy (key '{self.energy_key}'), so its E0 is unknown")
-        symbol = chemical_symbols[int(frame.numbers[0])]
-        if symbol in self.values:
-            if abs(self.values[symbol] - frame.energy) > atol:
-                raise InputError(
-                    f"{where}: isolated {symbol} atom has energy {frame.energy!r} eV but "
-                    f"{self.where[symbol]} gives {self.values[symbol]!r} eV"
-                )
-            return
-        self.values[symbol] = float(frame.energy)
-        self.where[symbol] = where
 
 
 # ---------------------------------------------------------------------------- writing
@@ -210,8 +179,8 @@ def preprocess(
     if not inputs:
         raise InputError("preprocess: no input files")
     keys = {"energy_key": energy_key, "forces_key": forces_key, "stress_key": stress_key}
-    e0 = _E0(energy_key)
-    e0_file = _E0(energy_key)
+    e0 = E0Collector(energy_key)
+    e0_file = E0Collector(energy_key)
     if isolated_atoms:
         for f in iter_frames(isolated_atoms, **keys):
             if is_isolated_atom(f):
@@ -226,7 +195,7 @@ def preprocess(
                 count = 0
                 for k, frame in enumerate(iter_frames(path, **keys)):
                     if is_isolated_atom(frame):
-                        (e0 if role == "train" else _E0(energy_key)).add(frame)
+                        (e0 if role == "train" else E0Collector(energy_key)).add(frame)
                         continue
                     pairs, cell_shift = _check(frame, allowed, r_max, require, keys, first_seen)
                     split_ids[role].append(writer.n_frames)

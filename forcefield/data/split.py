@@ -9,47 +9,55 @@ import numpy as np
 from forcefield.data.frames import frame_location, is_isolated_atom
 from forcefield.errors import InputError
 
-__all__ = ["extract_e0", "train_valid_split"]
+__all__ = ["E0Collector", "extract_e0", "train_valid_split"]
 
 
-def extract_e0(frames: Sequence, atol: float = 1e-6, energy_key: str = "energy") -> tuple[list, dict[str, float]]:
-    """Split isolated-atom frames off ``frames``.
+class E0Collector:
+    """Isolated-atom energies, one frame at a time (for `extract_e0` and streaming readers).
+    InputError if an isolated-atom frame has no energy, more than one atom, or the same
+    element appears twice with energies differing by more than ``atol`` eV; ``energy_key``
+    (the key the energies were read under) is named for a missing energy."""
 
-    Returns ``(remaining_frames, e0)`` where ``e0`` maps element symbol to the energy of
-    its isolated atom (eV). InputError if an isolated-atom frame has no energy, more than
-    one atom, or the same element appears twice with energies differing by more than
-    ``atol`` eV. ``energy_key`` (the key the energies were read under) is named in the
-    message for a missing energy.
-    """
-    from ase.data import chemical_symbols
+    def __init__(self, energy_key: str = "energy", atol: float = 1e-6):
+        self.energy_key, self.atol = energy_key, atol
+        self.values: dict[str, float] = {}
+        self.where: dict[str, str] = {}
 
-    remaining = []
-    e0: dict[str, float] = {}
-    first_seen: dict[str, str] = {}
-    for pos, frame in enumerate(frames):
-        if not is_isolated_atom(frame):
-            remaining.append(frame)
-            continue
-        where = frame_location(frame, pos)
+    def add(self, frame, position=None) -> None:
+        from ase.data import chemical_symbols
+
+        where = frame_location(frame, position)
         if len(frame.numbers) != 1:
             raise InputError(
                 f"{where}: config_type '{frame.config_type}' marks an isolated atom "
                 f"but the structure has {len(frame.numbers)} atoms"
             )
         if frame.energy is None:
-            raise InputError(f"{where}: isolated atom has no energy (key '{energy_key}'), so its E0 is unknown")
+            raise InputError(f"{where}: isolated atom has no energy (key '{self.energy_key}'), so its E0 is unknown")
         symbol = chemical_symbols[int(frame.numbers[0])]
         energy = float(frame.energy)
-        if symbol in e0:
-            if abs(e0[symbol] - energy) > atol:
+        if symbol in self.values:
+            if abs(self.values[symbol] - energy) > self.atol:
                 raise InputError(
                     f"{where}: isolated {symbol} atom has energy {energy!r} eV but "
-                    f"{first_seen[symbol]} gives {e0[symbol]!r} eV"
+                    f"{self.where[symbol]} gives {self.values[symbol]!r} eV"
                 )
-            continue
-        e0[symbol] = energy
-        first_seen[symbol] = where
-    return remaining, e0
+            return
+        self.values[symbol] = energy
+        self.where[symbol] = where
+
+
+def extract_e0(frames: Sequence, atol: float = 1e-6, energy_key: str = "energy") -> tuple[list, dict[str, float]]:
+    """Split isolated-atom frames off ``frames``: ``(remaining_frames, e0)`` where ``e0`` maps
+    element symbol to the energy of its isolated atom (eV); the checks of `E0Collector`."""
+    remaining = []
+    e0 = E0Collector(energy_key, atol)
+    for pos, frame in enumerate(frames):
+        if is_isolated_atom(frame):
+            e0.add(frame, pos)
+        else:
+            remaining.append(frame)
+    return remaining, e0.values
 
 
 def train_valid_split(frames: Sequence, valid_fraction: float, seed: int) -> tuple[list, list]:
