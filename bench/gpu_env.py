@@ -33,9 +33,25 @@ from typing import Dict, Iterable, List, Set
 ROOT = Path(__file__).resolve().parents[1]
 
 # carried whatever the machine has: exact pins and lower bounds a preinstalled version may
-# miss, and setuptools + wheel (pip builds the editable install in an isolated environment,
-# which sees only the carried wheels)
-ALWAYS = {"e3nn", "ase", "vesin", "pydantic", "pydantic-core", "typer", "setuptools", "wheel"}
+# miss (and the small packages whose lower bounds those carry along: an older one on the
+# machine would stop an install that has no index), and setuptools + wheel (the editable
+# install is built with them)
+ALWAYS = {
+    "e3nn",
+    "ase",
+    "vesin",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "typing-extensions",
+    "typer",
+    "click",
+    "shellingham",
+    "annotated-doc",
+    "setuptools",
+    "wheel",
+}
 # MACE for the comparison in bench/gpu_bench.py: mace-torch itself is downloaded without its
 # dependencies (every release pins e3nn==0.4.4, this package needs 0.6.0; see
 # bench/setup_bench_env.sh), its runtime dependencies by name

@@ -57,7 +57,7 @@ pip() {  # pip, without its warnings about unreadable index locations
 
 # what the folder is made from: the requirements, the machine's list, the versions (and
 # PACK_FORMAT, to be raised when this script changes what it writes)
-PACK_FORMAT=1
+PACK_FORMAT=2
 key=$({ "$PY" bench/gpu_env.py requirements; cat "$HAVE"; echo "$device $PACK_FORMAT"; } | sha256sum | cut -c1-16)
 key=$key-py$pyver-lammps$LAMMPS_VERSION-mace$MACE_VERSION
 mkdir -p "$out"; out=$(cd "$out" && pwd)

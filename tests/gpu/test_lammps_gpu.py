@@ -4,7 +4,7 @@ that file's helpers:
 
 - step 0: energy, per-atom energies, forces and virial to 1e-10 (float64), float32 to its
   round-off;
-- a 100-step NVE run: the same trajectory and the same energy conservation as on CPU;
+- a 50-step NVE run: the same trajectory and the same energy conservation as on CPU;
 - `mpirun -np 2` on one GPU gives what one rank gives;
 - `device auto` picks the GPU;
 - on the GPU the message product takes the torch path, never the fused CPU kernel, and the
@@ -25,7 +25,7 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 
-STEPS = 100
+STEPS = 50
 
 
 def lammps_device(device: str) -> str:
@@ -122,7 +122,7 @@ def test_step0_on_device_matches_cpu_float32(step0_runs):
 
 @pytest.fixture(scope="module")
 def nve_runs(lm, device, device_env, gpu_models, alloy_cell, plugin_path, tmp_path_factory):
-    """The 100-step NVE run (600 K, 1 fs) of tests/export/test_lammps_model.py on CPU, on the
+    """The NVE run (600 K, 1 fs) of tests/export/test_lammps_model.py (50 steps) on CPU, on the
     device with one rank and with `mpirun -np 2` (both ranks on the one GPU)."""
     d, _ = alloy_cell
     work = tmp_path_factory.mktemp("gpu_nve")
@@ -140,7 +140,7 @@ def _same_trajectory(a, b):
     assert sorted(dumps_a) == sorted(dumps_b) == [0, STEPS]
     end_a, end_b = dumps_a[STEPS], dumps_b[STEPS]
     np.testing.assert_array_equal(end_a[:, 0], end_b[:, 0])
-    # round-off (another summation order) grows over 100 steps but stays far below anything physical
+    # round-off (another summation order) grows over the steps but stays far below anything physical
     np.testing.assert_allclose(end_a[:, 2:5], end_b[:, 2:5], rtol=0, atol=1e-9)  # positions
     np.testing.assert_allclose(end_a[:, 5:8], end_b[:, 5:8], rtol=0, atol=1e-8)  # velocities
     np.testing.assert_allclose(end_a[:, 8:12], end_b[:, 8:12], rtol=0, atol=1e-8)  # forces, pe/atom
