@@ -29,7 +29,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.lammps)
         if name in SLOW_FILES:
             item.add_marker(pytest.mark.slow)
-        if "gpu" in item.keywords and not torch.cuda.is_available() and not os.environ.get("FORCEFIELD_TEST_DEVICE"):
+        if (
+            item.get_closest_marker("gpu")
+            and not torch.cuda.is_available()
+            and not os.environ.get("FORCEFIELD_TEST_DEVICE")
+        ):
             item.add_marker(pytest.mark.skip(reason="no CUDA device present"))
 
 
