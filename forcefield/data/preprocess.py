@@ -75,7 +75,9 @@ class _Writer:
         if neighbours:
             specs.update({"edges/pairs": ((0, 2), "i4"), "edges/cell_shift": ((0, 3), "i4")})
         for name, (shape, dt) in specs.items():
-            chunk = (16384,) + shape[1:] if name.startswith("frames") else (65536,) + shape[1:]
+            # edges compressed in small chunks: a random read decompresses little beyond its structure
+            rows = 16384 if name.startswith("frames") else 8192 if name.startswith("edges") else 65536
+            chunk = (rows,) + shape[1:]
             extra = EDGE_COMPRESSION if name.startswith("edges") else {}
             h5.create_dataset(name, shape=shape, maxshape=(None,) + shape[1:], dtype=dt, chunks=chunk, **extra)
             self.buf[name] = []

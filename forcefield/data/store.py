@@ -140,6 +140,7 @@ class StoredDataset:
         self.statistics = DatasetStatistics.from_dict(attrs["statistics"])
         self._h5 = None
         self._pid = None
+        self._ds: dict = {}
 
     def __len__(self) -> int:
         return len(self.atom_offset) - 1
@@ -150,15 +151,24 @@ class StoredDataset:
         if self._h5 is None or self._pid != os.getpid():
             self._h5 = h5py.File(self.path, "r")
             self._pid = os.getpid()
+            self._ds = {}
         return self._h5
+
+    def _dataset(self, name: str):
+        """The dataset `name` of this process's handle (looked up once: lookups cost more than small reads)."""
+        h5 = self._file()
+        ds = self._ds.get(name)
+        if ds is None:
+            ds = self._ds[name] = h5[name]
+        return ds
 
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
-        self._h5 = None
+        self._h5, self._ds = None, {}
 
     def __getstate__(self):  # a copy sent to another process opens its own handle
-        return {**self.__dict__, "_h5": None, "_pid": None}
+        return {**self.__dict__, "_h5": None, "_pid": None, "_ds": {}}
 
     def where(self, i: int) -> str:
         h5 = self._file()
@@ -166,22 +176,22 @@ class StoredDataset:
 
     def _read(self, i: int) -> dict:
         try:
-            h5 = self._file()
+            ds = self._dataset
             a0, a1 = int(self.atom_offset[i]), int(self.atom_offset[i + 1])
-            flags = int(h5["frames/flags"][i])
+            flags = int(ds("frames/flags")[i : i + 1][0])
             out = {
-                "numbers": h5["atoms/numbers"][a0:a1].astype(np.int64),
-                "positions": h5["atoms/positions"][a0:a1],
-                "cell": h5["frames/cell"][i],
-                "pbc": h5["frames/pbc"][i],
-                "energy": float(h5["frames/energy"][i]) if flags & ENERGY else None,
-                "forces": h5["atoms/forces"][a0:a1] if flags & FORCES else None,
-                "stress": h5["frames/stress"][i] if flags & STRESS else None,
+                "numbers": ds("atoms/numbers")[a0:a1].astype(np.int64),
+                "positions": ds("atoms/positions")[a0:a1],
+                "cell": ds("frames/cell")[i : i + 1][0],
+                "pbc": ds("frames/pbc")[i : i + 1][0],
+                "energy": float(ds("frames/energy")[i : i + 1][0]) if flags & ENERGY else None,
+                "forces": ds("atoms/forces")[a0:a1] if flags & FORCES else None,
+                "stress": ds("frames/stress")[i : i + 1][0] if flags & STRESS else None,
             }
             if self.neighbours:
                 e0, e1 = int(self.edge_offset[i]), int(self.edge_offset[i + 1])
-                out["pairs"] = h5["edges/pairs"][e0:e1]
-                out["cell_shift"] = h5["edges/cell_shift"][e0:e1]
+                out["pairs"] = ds("edges/pairs")[e0:e1]
+                out["cell_shift"] = ds("edges/cell_shift")[e0:e1]
             return out
         except Exception as exc:  # noqa: BLE001 - a damaged file is the user's input
             msg = " ".join(str(exc).split())[:160]
