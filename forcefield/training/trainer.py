@@ -74,6 +74,11 @@ class Trainer:
                 raise InputError(f"{last}: nothing to resume from")
             resume_ckpt = read_checkpoint(last)
             self.resume_changes = check_resume_config(resume_ckpt["config"], cfg.model_dump(mode="json"), self.out)
+        if tr.batch_size < self.dist.world:
+            raise InputError(
+                f"training.batch_size {tr.batch_size} is smaller than the number of processes "
+                f"({self.dist.world}): it is the global batch, and every process needs a structure per step"
+            )
         self.data = load_training_data(cfg)  # bad data is reported before a taken output folder
         self.folder.check_free(resume, overwrite)
         # model.species and model.r_max are those of a resumed checkpoint too (--resume refuses
