@@ -7,8 +7,8 @@
 
 lammps: `pair_style forcefield ... device cuda` on the random Cu-Au FCC alloy of
 bench/lammps_scaling.py (its model: the default float32 model, channels 32, lmax 2, 2 layers,
-r_max 5 Å, random weights; its structure, data file, deck and log parsing from
-bench/lammps_overhead.py), one MPI rank, from 1000 atoms doubling up to the largest that fits
+r_max 5 Å, random weights; its structure, data file and deck from bench/lammps_overhead.py,
+its steps per size on CPU), one MPI rank, from 1000 atoms doubling up to the largest that fits
 or fits the time budget (--budget-s: the next size is skipped when its predicted time, 2.3x
 the last one's, would exceed what is left). Each size runs in a process of its own (its own
 time limit; an out-of-memory stops the ramp with a note) that drives LAMMPS through the

@@ -269,6 +269,8 @@ def _build(target: str, name: str, subdir: str, output_dir: Optional[Path], forc
             f"-DLAMMPS_HEADER_DIR={lmp_inc}",
             f"-DMPI_INCLUDE_DIR={mpi_inc}",
         ]
+        if shutil.which("make") is None and shutil.which("ninja") is not None:
+            configure += ["-G", "Ninja"]  # a machine with ninja but no make (CMake's default generator)
         if _torch_direct_requested():
             configure += _torch_direct_args()
         try:
