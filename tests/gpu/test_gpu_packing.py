@@ -1,7 +1,8 @@
 """What bench/pack_gpu.sh carries and what bench/gpu.sh reports, without a GPU or an index
 (not marked gpu: these run everywhere): the wheel selection from a pip report drops torch
 with everything it depends on and what the machine has, except the pinned and version-bound
-packages; the summary is written from whatever steps have finished."""
+packages; the summary is written from whatever steps have finished; the GPU chunk sizes of
+Python and the pair style agree."""
 
 from __future__ import annotations
 
@@ -79,3 +80,15 @@ def test_summary_from_a_partial_run(tmp_path):
     assert "| 1000 | 2.50 | 2.5 | 300 |" in md and "- 2000 atoms: out of memory" in md
     results = json.loads((out / "results.json").read_text())
     assert results["lammps"]["rows"][0]["atoms"] == 1000 and len(results["steps"]) == 3
+
+
+def test_gpu_chunk_sizes_agree_between_python_and_the_pair_style():
+    """The GPU-sized inference chunks: forcefield.model.deployed (Python loads) and the pair
+    style (export/pair_style/pair_forcefield.cpp) use the same numbers."""
+    import re
+
+    from forcefield.model.deployed import GPU_EDGE_CHUNK, GPU_NODE_CHUNK
+
+    cpp = (ROOT / "export" / "pair_style" / "pair_forcefield.cpp").read_text()
+    found = dict(re.findall(r"constexpr int64_t (GPU_\w+_CHUNK) = (\d+);", cpp))
+    assert found == {"GPU_EDGE_CHUNK": str(GPU_EDGE_CHUNK), "GPU_NODE_CHUNK": str(GPU_NODE_CHUNK)}
