@@ -129,7 +129,7 @@ def run_child(*args, timeout=3600) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def torchrun_throughput(h5: Path, nproc: int, work: Path, seconds: float) -> dict:
+def torchrun_throughput(h5: Path, nproc: int, work: Path, seconds: float, batch: int = 16) -> dict:
     """structures/s of the training loop (metrics time_s, steps) under torchrun, one thread each."""
     import yaml
 
@@ -139,7 +139,7 @@ def torchrun_throughput(h5: Path, nproc: int, work: Path, seconds: float) -> dic
         "training": {
             "max_epochs": 1000,
             "max_time": seconds,
-            "batch_size": 8,
+            "batch_size": batch,
             "device": "cpu",
             "num_threads": 1,
             "valid_every": 10**9,
@@ -169,7 +169,7 @@ def torchrun_throughput(h5: Path, nproc: int, work: Path, seconds: float) -> dic
 
     ck = read_checkpoint(out / "last.ckpt")
     row = ck["rows"][-1]
-    return {"steps": int(row["step"]), "time_s": row["time_s"], "structures_per_s": 8 * row["step"] / row["time_s"]}
+    return {"steps": int(row["step"]), "time_s": row["time_s"], "structures_per_s": batch * row["step"] / row["time_s"]}
 
 
 def main() -> None:
@@ -179,7 +179,8 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=ROOT / "bench" / "work_training_scale")
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--ddp-seconds", type=float, default=60.0)
-    p.add_argument("--rounds", type=int, default=2, help="alternating 1- and 2-process rounds")
+    p.add_argument("--rounds", type=int, default=3, help="alternating 1- and 2-process rounds")
+    p.add_argument("--ddp-batch", type=int, default=16, help="global batch of the torchrun runs")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -203,7 +204,7 @@ def main() -> None:
     ddp = {1: [], 2: []}
     for _ in range(args.rounds):
         for nproc in (1, 2):
-            ddp[nproc].append(torchrun_throughput(h5, nproc, args.work, args.ddp_seconds))
+            ddp[nproc].append(torchrun_throughput(h5, nproc, args.work, args.ddp_seconds, args.ddp_batch))
     res["torchrun"] = ddp
     s1 = np.median([d["structures_per_s"] for d in ddp[1]])
     s2 = np.median([d["structures_per_s"] for d in ddp[2]])
