@@ -100,3 +100,23 @@ def calc_results(model: Path, atoms: Atoms) -> Dict[str, np.ndarray]:
     if a.pbc.all():
         res["stress"] = a.get_stress()
     return res
+
+
+def alloy_case(folder: Path, seed: int, tilt=(0.8, -0.5, 0.6)):
+    """108 rattled atoms of a random Cu/Au FCC alloy (40% Au) in a triclinic periodic cell
+    with the off-diagonal entries `tilt`, and its LAMMPS data file folder/data.lmp."""
+    from toy_exported_model import write_lammps_data
+
+    rng = np.random.default_rng(seed)
+    a, n = 3.75, 3
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    frac = np.array([(b + [i, j, k]) / n for i in range(n) for j in range(n) for k in range(n) for b in base])
+    cell = np.diag([a * n] * 3)
+    cell[1, 0], cell[2, 0], cell[2, 1] = tilt
+    pos = frac @ cell + rng.normal(scale=0.12, size=(len(frac), 3))
+    pos = (np.linalg.solve(cell.T, pos.T).T % 1.0) @ cell
+    symbols = np.where(rng.random(len(pos)) < 0.4, "Au", "Cu")
+    atoms = Atoms(list(symbols), positions=pos, cell=cell, pbc=True)
+    types = np.array([SPECIES.index(s) + 1 for s in atoms.get_chemical_symbols()])
+    write_lammps_data(folder / "data.lmp", atoms.positions, types, lammps_cell(atoms), 2)
+    return atoms

@@ -6,12 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
 import pytest
-from ase import Atoms
-from lammps_utils import R_MAX, SPECIES, lammps_cell
+from lammps_utils import R_MAX, SPECIES, alloy_case
 from model_utils import make_model
-from toy_exported_model import write_lammps_data
 
 from forcefield.export.torchscript import export_model
 
@@ -28,16 +25,5 @@ def random_models(tmp_path_factory) -> Dict[str, Path]:
 def bulk_case(tmp_path_factory):
     """108 rattled atoms of a random Cu/Au FCC alloy in a triclinic periodic cell."""
     d = tmp_path_factory.mktemp("bulk")
-    rng = np.random.default_rng(3)
-    a, n = 3.75, 3
-    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    frac = np.array([(b + [i, j, k]) / n for i in range(n) for j in range(n) for k in range(n) for b in base])
-    cell = np.diag([a * n] * 3)
-    cell[1, 0], cell[2, 0], cell[2, 1] = 0.8, -0.5, 0.6
-    pos = frac @ cell + rng.normal(scale=0.12, size=(len(frac), 3))
-    pos = (np.linalg.solve(cell.T, pos.T).T % 1.0) @ cell
-    symbols = np.where(rng.random(len(pos)) < 0.4, "Au", "Cu")
-    atoms = Atoms(list(symbols), positions=pos, cell=cell, pbc=True)
-    types = np.array([SPECIES.index(s) + 1 for s in atoms.get_chemical_symbols()])
-    write_lammps_data(d / "data.lmp", atoms.positions, types, lammps_cell(atoms), 2)
+    atoms = alloy_case(d, seed=3)
     return d, atoms

@@ -18,10 +18,8 @@ import os
 from pathlib import Path
 from typing import Dict
 
-import numpy as np
 import pytest
 import torch
-from ase import Atoms
 
 
 def requested_device() -> str:
@@ -76,19 +74,6 @@ def gpu_models(tmp_path_factory, lm) -> Dict[str, Path]:
 def alloy_cell(tmp_path_factory, lm):
     """108 rattled atoms of a Cu/Au FCC alloy in a triclinic periodic cell (as the bulk case
     of tests/export/test_lammps_model.py) with its LAMMPS data file."""
-    from toy_exported_model import write_lammps_data
-
     d = tmp_path_factory.mktemp("gpu_bulk")
-    rng = np.random.default_rng(5)
-    a, n = 3.75, 3
-    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
-    frac = np.array([(b + [i, j, k]) / n for i in range(n) for j in range(n) for k in range(n) for b in base])
-    cell = np.diag([a * n] * 3)
-    cell[1, 0], cell[2, 0], cell[2, 1] = 0.7, -0.4, 0.5
-    pos = frac @ cell + rng.normal(scale=0.12, size=(len(frac), 3))
-    pos = (np.linalg.solve(cell.T, pos.T).T % 1.0) @ cell
-    symbols = np.where(rng.random(len(pos)) < 0.4, "Au", "Cu")
-    atoms = Atoms(list(symbols), positions=pos, cell=cell, pbc=True)
-    types = np.array([lm.SPECIES.index(s) + 1 for s in atoms.get_chemical_symbols()])
-    write_lammps_data(d / "data.lmp", atoms.positions, types, lm.lammps_cell(atoms), 2)
+    atoms = lm.alloy_case(d, seed=5, tilt=(0.7, -0.4, 0.5))
     return d, atoms
