@@ -133,6 +133,8 @@ def export_model(
         "r_max": repr(meta["r_max"]),
         "num_layers": str(meta["num_layers"]),
         "dtype": dtype,
+        # the operators the file calls, one word each ("" for none): what a loader checks for
+        "operators": " ".join(meta["operators"]),
         "metadata.json": json.dumps(meta, indent=2),
     }
     with atomic_path(path) as tmp:

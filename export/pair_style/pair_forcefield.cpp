@@ -33,6 +33,7 @@
    in pair_forcefield.h.
 ------------------------------------------------------------------------- */
 
+#include <algorithm>
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
@@ -356,6 +357,7 @@ void PairForcefield::load_model(const std::string &path)
 
   std::unordered_map<std::string, std::string> extra;
   for (const char *k : METADATA_KEYS) extra[k] = "";
+  extra["operators"] = "";  // optional: exports made before it list their operators in metadata.json only
 
   torch::jit::Module m;
   std::string failure;
@@ -437,8 +439,12 @@ void PairForcefield::load_model(const std::string &path)
   // waking the others (1.3x slower at 1024 atoms on 2 threads), on a GPU for a kernel
   // launch: there whole edge chunks go at once. TorchScript cannot read the thread count,
   // so the loader decides (Python: forcefield.model.deployed.match_threads).
-  const bool fused =
-      ts->device.is_cpu() && extra["metadata.json"].find("\"forcefield::channelwise_tp\"") != std::string::npos;
+  // which operators the export calls: its `operators` entry (older exports: metadata.json)
+  const std::vector<std::string> operators = utils::split_words(extra["operators"]);
+  const bool listed = std::find(operators.begin(), operators.end(), "forcefield::channelwise_tp") != operators.end();
+  const bool fused = ts->device.is_cpu() &&
+                     (listed || (operators.empty() &&
+                                 extra["metadata.json"].find("\"forcefield::channelwise_tp\"") != std::string::npos));
   std::string pieces = "as exported";
   torch::jit::Module core = m;
   if (m.hasattr("model") && m.attr("model").isModule()) core = m.attr("model").toModule();

@@ -35,11 +35,15 @@ FORMAT_VERSION = 1
 GPU_EDGE_CHUNK = 32768
 GPU_NODE_CHUNK = 16384
 METADATA_KEYS = ("format_version", "species", "r_max", "num_layers", "dtype", "metadata.json")
+# written by every export, read where present (older exports of the same format lack it):
+# `operators` names the custom operators the file calls, space-separated ("" for none)
+OPTIONAL_METADATA_KEYS = ("operators",)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 __all__ = [
     "FORMAT_VERSION",
     "METADATA_KEYS",
+    "OPTIONAL_METADATA_KEYS",
     "DTYPES",
     "is_torchscript_archive",
     "is_exported_file",

@@ -22,6 +22,7 @@ import pytest
 
 from forcefield.export.plugin import SOURCE_DIR  # noqa: E402
 from forcefield.export.torchscript import FORMAT_VERSION, METADATA_KEYS  # noqa: E402
+from forcefield.model.deployed import OPTIONAL_METADATA_KEYS  # noqa: E402
 
 CPP_READER = "pair_forcefield.cpp"  # the file whose load_model() reads the export
 
@@ -94,7 +95,7 @@ def contract_mismatches(sources: dict, py_version: int, py_keys: Sequence[str]) 
     read = set(re.findall(r'\bextra\s*\[\s*"([^"]*)"\s*\]', reader))
     if not read:
         problems.append(f'{CPP_READER} reads no metadata as extra["key"]: update this test with the reader')
-    outside = sorted(read - set(py_keys))
+    outside = sorted(read - set(py_keys) - set(OPTIONAL_METADATA_KEYS))
     if outside:
         problems.append(f"{CPP_READER} reads metadata keys the exporter does not write: {outside}")
     for name, text in sources.items():
@@ -183,7 +184,8 @@ def test_toy_export_writes_the_contract_keys():
 
 
 def test_export_model_writes_the_contract_keys(tmp_path):
-    """export_model writes exactly METADATA_KEYS as extra files, format_version = FORMAT_VERSION."""
+    """export_model writes exactly METADATA_KEYS (and the optional keys) as extra files,
+    format_version = FORMAT_VERSION."""
     from model_utils import make_model
 
     from forcefield.export.torchscript import export_model
@@ -191,8 +193,28 @@ def test_export_model_writes_the_contract_keys(tmp_path):
     path = export_model(make_model("float64", seed=3, channels=4, lmax=1, num_layers=1), tmp_path / "m.pt")
     with zipfile.ZipFile(path) as zf:
         extra = {n.split("/extra/", 1)[1]: n for n in zf.namelist() if "/extra/" in n}
-        assert set(extra) == set(METADATA_KEYS)
+        assert set(extra) == set(METADATA_KEYS) | set(OPTIONAL_METADATA_KEYS)
         assert zf.read(extra["format_version"]).decode().strip() == str(FORMAT_VERSION)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_export_names_its_operators(tmp_path, fused):
+    """The `operators` entry (what the pair style reads to pick the fused kernel) lists the
+    operators the file calls, and agrees with metadata.json."""
+    import json
+
+    import torch
+    from model_utils import make_model
+
+    from forcefield.export.torchscript import FUSED_OPERATORS, export_model
+
+    model = make_model("float64", seed=1, channels=4, lmax=1, num_layers=1)
+    path = export_model(model, tmp_path / "m.pt", fused_ops=fused)
+    extra = {"operators": "", "metadata.json": ""}
+    torch.jit.load(str(path), _extra_files=extra)
+    extra = {k: v.decode() if isinstance(v, bytes) else v for k, v in extra.items()}
+    assert extra["operators"].split() == (list(FUSED_OPERATORS) if fused else [])
+    assert json.loads(extra["metadata.json"])["operators"] == extra["operators"].split()
 
 
 if __name__ == "__main__":  # pragma: no cover
