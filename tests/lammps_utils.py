@@ -120,3 +120,20 @@ def alloy_case(folder: Path, seed: int, tilt=(0.8, -0.5, 0.6)):
     types = np.array([SPECIES.index(s) + 1 for s in atoms.get_chemical_symbols()])
     write_lammps_data(folder / "data.lmp", atoms.positions, types, lammps_cell(atoms), 2)
     return atoms
+
+
+def nve_block(steps: int) -> str:
+    """The NVE run of the trajectory tests (600 K, 1 fs, forces and per-atom energies dumped
+    at 0 and `steps`, thermo every 10 steps), to append to a deck's header."""
+    return f"""velocity all create 600 4321 loop geom
+fix nve all nve
+timestep 0.001
+neighbor 1.0 bin
+neigh_modify every 1 delay 0 check yes
+dump d all custom {steps} traj.dump id type xu yu zu vx vy vz fx fy fz c_pea
+dump_modify d format float %.17g sort id
+thermo_style custom step pe ke etotal c_vir[1] c_vir[2] c_vir[3] c_vir[4] c_vir[5] c_vir[6]
+thermo_modify format float %.17g
+thermo 10
+run {steps}
+"""

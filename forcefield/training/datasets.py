@@ -18,7 +18,7 @@ from forcefield.data.frames import Frame, is_isolated_atom, read_frames
 from forcefield.data.graph import Graph, frame_to_graph
 from forcefield.data.split import extract_e0, train_valid_split
 from forcefield.data.statistics import DatasetStatistics, avg_num_neighbors, energy_residual_rms, frame_statistics
-from forcefield.data.store import ENERGY, FORCES, StoredDataset, is_stored_dataset
+from forcefield.data.store import ENERGY, FORCES, STRESS, StoredDataset, is_stored_dataset, statistics_of
 from forcefield.errors import InputError
 from forcefield.model.normalization import Normalization
 from forcefield.training.config import Config
@@ -278,20 +278,21 @@ def load_training_data(cfg: Config) -> TrainingData:
     train = [frame_to_graph(f, species, r_max) for f in data.train]
     valid = [frame_to_graph(f, species, r_max) for f in data.valid]
     stats = frame_statistics(data.train, [int(g.edge_index.shape[1]) for g in train])
-    frames = data.train
+    # the fallback scale reads (numbers, energy) from the graphs: the frames are not kept
+    from ase.data import atomic_numbers
+
+    z_of = np.array([atomic_numbers[s] for s in species], dtype=np.int64)
     return TrainingData(
         GraphList(train, cfg.data.train),
         GraphList(valid, str(cfg.data.valid)),
         cfg.data.test,
         data.e0,
         stats,
-        lambda: ((f.numbers, f.energy) for f in frames),
+        lambda: ((z_of[g.species], g.energy) for g in train),
     )
 
 
 def _open_store(path: str, cfg: Config) -> StoredDataset:
-    from ase.data import chemical_symbols  # noqa: F401
-
     store = StoredDataset(path)
     m = cfg.model
     if abs(store.r_max - float(m.r_max)) > 1e-12 and store.attrs.get("neighbours"):
@@ -315,8 +316,6 @@ def _open_store(path: str, cfg: Config) -> StoredDataset:
 
 def _check_stored_labels(cfg: Config, store: StoredDataset, indices: np.ndarray) -> bool:
     """check_labels on a split of a stored dataset; whether any structure has a stress."""
-    from forcefield.data.store import STRESS
-
     tr, d = cfg.training, cfg.data
     flags = store.flags()[indices]
     for need, bit, label, key in (
@@ -361,8 +360,6 @@ def _stored_training_data(cfg: Config) -> TrainingData:
             raise InputError(f"data.valid fraction {d.valid}: no valid structures ({d.train})")
         train_idx = np.asarray(train_idx, dtype=np.int64)
         valid = StoredGraphs(store, valid_idx, m.species, m.r_max)
-        from forcefield.data.store import statistics_of
-
         stats = statistics_of(store, train_idx)
     if not len(train_idx):
         raise InputError(f"{d.train}: no train structures")
@@ -373,12 +370,11 @@ def _stored_training_data(cfg: Config) -> TrainingData:
         _, e0_file = _without_e0(d.isolated_atoms, cfg)
         e0 = {**e0_file, **e0}
     e0 = {k: v for k, v in e0.items() if k in m.species}
-    idx = train_idx
     return TrainingData(
-        StoredGraphs(store, idx, m.species, m.r_max),
+        StoredGraphs(store, train_idx, m.species, m.r_max),
         valid,
         d.test,
         e0,
         stats,
-        lambda: store.numbers_and_energies(idx),
+        lambda: store.numbers_and_energies(train_idx),
     )

@@ -33,6 +33,7 @@ from lammps_utils import (
     calc_results,
     header,
     lammps_run,
+    nve_block,
     ok,
     read_dump,
 )
@@ -72,21 +73,7 @@ def mpi_runs(bulk_case, random_models, plugin_path):
     across rank counts); returns {np: (stdout, thermo rows, dumps)}.
     """
     d, atoms = bulk_case
-    text = (
-        header(plugin_path, random_models["f64"])
-        + f"""velocity all create 600 4321 loop geom
-fix nve all nve
-timestep 0.001
-neighbor 1.0 bin
-neigh_modify every 1 delay 0 check yes
-dump d all custom {TRAJ_STEPS} traj.dump id type xu yu zu vx vy vz fx fy fz c_pea
-dump_modify d format float %.17g sort id
-thermo_style custom step pe ke etotal c_vir[1] c_vir[2] c_vir[3] c_vir[4] c_vir[5] c_vir[6]
-thermo_modify format float %.17g
-thermo 10
-run {TRAJ_STEPS}
-"""
-    )
+    text = header(plugin_path, random_models["f64"]) + nve_block(TRAJ_STEPS)
     out = {}
     for np_ in (1, 2, 4):
         work = d / f"np{np_}"

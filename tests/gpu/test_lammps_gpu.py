@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from lammps_utils import nve_block
 
 pytestmark = pytest.mark.gpu
 
@@ -46,18 +47,7 @@ thermo_modify format float %.17g
 run 0
 """
 
-NVE = f"""velocity all create 600 4321 loop geom
-fix nve all nve
-timestep 0.001
-neighbor 1.0 bin
-neigh_modify every 1 delay 0 check yes
-dump d all custom {STEPS} traj.dump id type xu yu zu vx vy vz fx fy fz c_pea
-dump_modify d format float %.17g sort id
-thermo_style custom step pe ke etotal c_vir[1] c_vir[2] c_vir[3] c_vir[4] c_vir[5] c_vir[6]
-thermo_modify format float %.17g
-thermo 10
-run {STEPS}
-"""
+NVE = nve_block(STEPS)
 
 
 def run(lm, work: Path, data: Path, text: str, plugin: Path, env=None, np_: int = 1, dump: str = "f.dump"):
