@@ -12,6 +12,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from forcefield.data.cell import check_cell
+from forcefield.data.checks import check_labels
 from forcefield.data.frames import Frame, frame_location, is_isolated_atom
 from forcefield.data.graph import check_distances, neighbour_list_with_cell_shifts
 from forcefield.data.split import E0Collector, train_valid_split
@@ -258,13 +259,7 @@ def _check(frame: Frame, allowed, r_max: float, require, keys, first_seen) -> tu
     from ase.data import chemical_symbols
 
     where = frame_location(frame)
-    path, _, idx = frame.source.rpartition(":")
-    for name in require:
-        if getattr(frame, name) is None and not (name == "stress" and not frame.pbc.all()):
-            raise InputError(
-                f"{path}: frame {idx} has no {name} (key '{keys[name + '_key']}') but {name}_weight > 0 "
-                f"(--require {','.join(require)})"
-            )
+    check_labels([frame], *(name in require for name in ("energy", "forces", "stress")), **keys)
     for z in np.unique(frame.numbers).tolist():
         sym = chemical_symbols[z]
         if allowed is not None and z not in allowed:

@@ -33,7 +33,7 @@ from typing import Dict, Iterable, Iterator, List, Union
 
 import numpy as np
 
-from forcefield.data.frames import Frame
+from forcefield.data.frames import Frame, frame_location
 from forcefield.data.graph import Graph
 from forcefield.data.statistics import DatasetStatistics
 from forcefield.errors import InputError
@@ -171,8 +171,8 @@ class StoredDataset:
         return {**self.__dict__, "_h5": None, "_pid": None, "_ds": {}}
 
     def where(self, i: int) -> str:
-        h5 = self._file()
-        return f"{self.sources[int(h5['frames/file'][i])]}: frame {int(h5['frames/index'][i])}"
+        """Structure `i` as error messages name it: "file: frame k"."""
+        return frame_location(self._source(i))
 
     def _read(self, i: int) -> dict:
         try:

@@ -220,3 +220,15 @@ def test_training_from_the_dataset_equals_training_from_extxyz(tmp_path, workers
         assert torch.equal(a["raw_model_state"][k], b["raw_model_state"][k]), k
     assert [r["valid_loss"] for r in a["rows"]] == [r["valid_loss"] for r in b["rows"]]
     assert SPECIES == load_config(stored).model.species
+
+
+def test_labels_the_config_needs_are_checked_on_the_dataset(tmp_path):
+    """A dataset preprocessed without forces refuses a config whose loss needs them,
+    naming the original file and frame."""
+    path = _bad(tmp_path, [_labelled(Atoms("CO", positions=[[0, 0, 0], [1.2, 0, 0]]), forces=False)] * 4)
+    h5 = tmp_path / "noforces.h5"
+    preprocess([str(path)], h5, valid=0.25, require=["energy"])
+    cfg = tiny_config(h5, model={"species": ["C", "O"]}, dens={"enabled": False})
+    cfg["data"] = {"train": str(h5)}
+    with pytest.raises(InputError, match=r"bad.xyz: frame 0 has no forces \(key 'forces'\) but forces_weight > 0"):
+        load_training_data(load_config(cfg))
